@@ -1,0 +1,29 @@
+"""Lightweight Skip Gate (LSG).
+
+  gate = sigmoid(BN(W [decoder, encoder]))     (1x1 conv 2C->C, no bias)
+  out  = decoder + gate * encoder
+
+The decoder decides, per pixel and channel, how much of the encoder's skip
+feature to let through. Its ablation counterpart is plain addition.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from aulunet_jax.models.layers import BatchNorm, conv1x1, Dtype
+
+
+class LSG(nn.Module):
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, decoder, encoder, train: bool):
+    if decoder.shape != encoder.shape:
+      raise ValueError(f"LSG needs decoder and encoder features of one shape, got {decoder.shape} "
+                       f"and {encoder.shape}")
+    z = conv1x1(decoder.shape[-1], 2 * decoder.shape[-1], dtype=self.dtype, name="conv")(jnp.concatenate([decoder, encoder], -1))
+    gate = nn.sigmoid(BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="bn")(z, train))
+    return decoder + gate * encoder
