@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import aulunet_jax  # noqa: E402
 from aulunet_jax import convert  # noqa: E402
-from torch_aulunet import TorchAULUNet, randomize  # noqa: E402
+from aulunet_jax.torch_reference import TorchAULUNet, randomize  # noqa: E402
 
 
 @pytest.fixture(scope="module")

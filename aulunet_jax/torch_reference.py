@@ -1,6 +1,9 @@
-"""AULUNet in PyTorch, written from the architecture description with the
-official module names, so that its state_dict has the official keys and
-shapes. It is the reference the parity, gradient and speed comparisons use.
+"""AULUNet in PyTorch, with the official module names, so that its
+state_dict has the official keys and shapes.
+
+It is the reference that the parity and gradient tests and the speed
+benchmark compare against. Needs torch (the ``test`` extra); importing
+``aulunet_jax`` does not import this module.
 """
 
 import torch
