@@ -1,6 +1,6 @@
 """Official-checkpoint conversion and numerical parity with PyTorch.
 
-The PyTorch model (tests/torch_aulunet.py) carries the official module
+The PyTorch model (aulunet_jax/torch_reference.py) carries the official module
 names, so its state_dict has the official keys and shapes.
 """
 
