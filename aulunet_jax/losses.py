@@ -1,0 +1,55 @@
+"""The reference's training loss: BCE + Dice on the sigmoid probabilities.
+
+As the official code (BceDiceLoss of EGE-UNet / UltraLight-VM-UNet, which
+AULUNet trains with) computes it, per batch of N images:
+
+  BCE  = torch.nn.BCELoss on the flattened probabilities: the mean over all
+         pixels of -(t log p + (1 - t) log(1 - p)), each log clamped at -100
+         as PyTorch does, so that p = 0 or 1 gives a finite loss;
+  Dice = 1 - (1/N) sum_n (2 |p_n t_n| + 1) / (|p_n| + |t_n| + 1), smoothing 1;
+  loss = bce_weight * BCE + dice_weight * Dice.
+
+All images of a batch have the same size, so the batch BCE is the mean of the
+per-image BCEs and the batch loss is the mean of per-image losses;
+``per_example_bce_dice_loss`` exposes those, which lets evaluation average
+over exactly the valid examples of a padded batch.
+"""
+
+import jax.numpy as jnp
+
+# torch.nn.BCELoss clamps each log term at -100.
+_LOG_CLAMP = -100.0
+
+
+def per_example_bce(probs, masks):
+  """Mean BCE over the pixels of each example: (N, ...) -> (N,)."""
+  probs = probs.reshape(probs.shape[0], -1).astype(jnp.float32)
+  masks = masks.reshape(masks.shape[0], -1).astype(jnp.float32)
+  log_p = jnp.maximum(jnp.log(probs), _LOG_CLAMP)
+  log_1mp = jnp.maximum(jnp.log1p(-probs), _LOG_CLAMP)
+  return -jnp.mean(masks * log_p + (1.0 - masks) * log_1mp, axis=1)
+
+
+def per_example_dice_loss(probs, masks, smooth: float = 1.0):
+  """1 - soft Dice of each example, with additive smoothing: (N, ...) -> (N,)."""
+  probs = probs.reshape(probs.shape[0], -1).astype(jnp.float32)
+  masks = masks.reshape(masks.shape[0], -1).astype(jnp.float32)
+  intersection = jnp.sum(probs * masks, axis=1)
+  dice = (2.0 * intersection + smooth) / (jnp.sum(probs, axis=1) + jnp.sum(masks, axis=1) + smooth)
+  return 1.0 - dice
+
+
+def per_example_bce_dice_loss(probs, masks, bce_weight: float = 1.0, dice_weight: float = 1.0):
+  """bce_weight * BCE + dice_weight * (1 - Dice) of each example: (N,)."""
+  return bce_weight * per_example_bce(probs, masks) + dice_weight * per_example_dice_loss(probs, masks)
+
+
+def bce_dice_loss(probs, masks, bce_weight: float = 1.0, dice_weight: float = 1.0):
+  """The reference's BceDiceLoss of a batch (a scalar).
+
+  Args:
+    probs: predicted probabilities in [0, 1], (N, H, W, 1).
+    masks: targets in [0, 1] (soft values allowed, as the reference keeps
+      the bilinear-resized mask values), same shape.
+  """
+  return jnp.mean(per_example_bce_dice_loss(probs, masks, bce_weight, dice_weight))
