@@ -55,17 +55,18 @@ def _as_binary(masks, name: str, threshold: float, n: int, hw) -> np.ndarray:
 
 
 def _binary_dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-  """Dilation by a (2r+1)x(2r+1) square, with shifted ORs."""
+  """Dilation by a (2r+1)x(2r+1) square: a running OR along rows, then columns."""
   out = mask.copy()
-  h, w = mask.shape
-  for dy in range(-radius, radius + 1):
-    for dx in range(-radius, radius + 1):
-      if dy == 0 and dx == 0:
-        continue
-      shifted = np.zeros_like(mask)
-      shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-          mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-      out |= shifted
+  for axis in (0, 1):
+    grown = out.copy()
+    n = out.shape[axis]
+    for shift in range(1, min(radius, n - 1) + 1):
+      lead = [slice(None)] * 2
+      lag = [slice(None)] * 2
+      lead[axis], lag[axis] = slice(shift, None), slice(None, n - shift)
+      grown[tuple(lead)] |= out[tuple(lag)]
+      grown[tuple(lag)] |= out[tuple(lead)]
+    out = grown
   return out
 
 
