@@ -64,8 +64,8 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"image must be HxWxC or [..., H, W, C], got shape {image.shape}")
   lo = image.min(axis=(-3, -2, -1), keepdims=True)
   span = image.max(axis=(-3, -2, -1), keepdims=True) - lo
-  scale = np.where(span > 0, np.float32(255.0) / np.where(span > 0, span, 1), np.float32(0.0))
-  return ((image - lo) * scale).astype(np.float32)
+  # (x - lo) / span is exactly 1 at the maximum, so the output reaches 255 exactly.
+  return ((image - lo) / np.where(span > 0, span, np.float32(np.inf)) * np.float32(255.0)).astype(np.float32)
 
 
 def mask_to_float(mask: np.ndarray) -> np.ndarray:
