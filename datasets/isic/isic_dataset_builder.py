@@ -295,6 +295,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         official[split] = _pairs(manual_dir, images_name, masks_name)
     by_id = {pair[0]: pair for pair in official[REQUIRED_SPLIT]}
     splits = {split: [by_id[i] for i in ids] for split, ids in paper_splits(by_id, config.source).items()}
+    if not all(splits.values()):
+      raise ValueError(f"{Archive(manual_dir, ARCHIVES[config.source][REQUIRED_SPLIT][0])} holds only {len(by_id)} "
+                       f"image pairs: too few to cut the paper's train / validation / test splits")
     splits.update(official)
     self._pairs_found = {split: len(pairs) for split, pairs in splits.items()}
     logging.info("isic/%s: pairs per split %s", config.name, self._pairs_found)
