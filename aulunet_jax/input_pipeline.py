@@ -107,12 +107,15 @@ def num_examples(dataset: str, split: str, data_dir: Optional[str] = None) -> in
   return len(dataset_source(dataset, split, data_dir))
 
 
+def _whole_batches(n: int, global_batch_size: int, what: str) -> int:
+  if n < global_batch_size:
+    raise ValueError(f"{what} has {n} examples, fewer examples than one global batch of {global_batch_size}")
+  return n // global_batch_size
+
+
 def steps_per_epoch(dataset: str, split: str, data_dir: Optional[str] = None, *, global_batch_size: int) -> int:
   """Whole global batches in one training epoch (the remainder is dropped)."""
-  steps = num_examples(dataset, split, data_dir) // global_batch_size
-  if steps == 0:
-    raise ValueError(f"{dataset} {split} has fewer examples than one global batch of {global_batch_size}")
-  return steps
+  return _whole_batches(num_examples(dataset, split, data_dir), global_batch_size, f"{dataset} {split}")
 
 
 def _layout(global_batch_size: int, process_index: Optional[int], process_count: Optional[int],
@@ -238,7 +241,7 @@ def train_iterator(dataset: str, split: str, data_dir: Optional[str] = None, *, 
   if not 0 <= seed < 2 ** 32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}")
   shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-  epoch_length = steps_per_epoch(dataset, split, data_dir, global_batch_size=global_batch_size) * global_batch_size
+  epoch_length = _whole_batches(len(source), global_batch_size, f"{dataset} {split}") * global_batch_size
   stream = _ShuffledEpochs(grain.MapDataset.source(source).shuffle(shuffle_seed), epoch_length).map(_model_inputs)
   if augment:
     stream = stream.random_map(_augment, seed=augment_seed)

@@ -47,12 +47,17 @@ def test_rot90_flip_is_exact():
   assert len(seen) == 4
 
 
-def test_rotate_is_the_reference_ndimage_call_on_image_and_mask():
-  image, mask = _image_and_mask(size=32)
-  out = augment.rotate(np.concatenate([image, mask], -1), 37)
-  np.testing.assert_array_equal(out[..., :3], ndimage.rotate(image, 37, order=0, reshape=False))
-  np.testing.assert_array_equal(out[..., 3:], ndimage.rotate(mask, 37, order=0, reshape=False))
-  assert out.shape == (32, 32, 4) and (out[0, 0] == 0).all(), "same size, corners filled with zeros"
+@pytest.mark.parametrize("shape", [(256, 256), (31, 45), (48, 32), (7, 9)])
+def test_rotate_is_bit_identical_to_the_reference_ndimage_call(shape):
+  rng = np.random.default_rng(0)
+  image = rng.uniform(1.0, 255.0, shape + (3,)).astype(np.float32)
+  mask = rng.uniform(0.1, 1.0, shape + (1,)).astype(np.float32)
+  stacked = np.concatenate([image, mask], -1)
+  for angle in range(20, 80):  # every angle the reference draws
+    out = augment.rotate(stacked, angle)
+    np.testing.assert_array_equal(out[..., :3], ndimage.rotate(image, angle, order=0, reshape=False))
+    np.testing.assert_array_equal(out[..., 3:], ndimage.rotate(mask, angle, order=0, reshape=False))
+  assert out.shape == stacked.shape and (out[0, 0] == 0).all(), "same size, corners filled with zeros"
 
 
 def test_each_step_has_probability_one_half():
