@@ -51,7 +51,7 @@ def _as_binary(masks, name: str, threshold: float, n: int, hw) -> np.ndarray:
     masks = masks / 255.0
   elif masks.size and (masks.min() < 0 or masks.max() > 1):
     raise ValueError(f"{name} must hold values in [0, 1], got [{masks.min()}, {masks.max()}]")
-  return masks > threshold
+  return masks >= threshold
 
 
 def _binary_dilate(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -106,11 +106,14 @@ def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarr
 
 
 def binarize(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-  """Probabilities -> uint8 mask, 255 where probs > threshold, else 0."""
-  return np.where(np.asarray(probs) > threshold, np.uint8(255), np.uint8(0))
+  """Probabilities -> uint8 mask, 255 where probs >= threshold (as the reference), else 0."""
+  return np.where(np.asarray(probs) >= threshold, np.uint8(255), np.uint8(0))
 
 
-def _apply(model, variables, images):
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, variables, images):
+  """Inference forward pass; compiled once per model settings and input shape
+  (flax modules compare by their attributes), whichever Segmenter calls it."""
   return model.apply(variables, images, train=False)
 
 
@@ -122,7 +125,7 @@ class Segmenter:
       the paper's models; a multiple of 32).
     batch_size: images per forward pass; the last batch is padded, so that
       one compiled function serves every call.
-    threshold: probability above which a pixel is lesion.
+    threshold: probability at or above which a pixel is lesion (the reference's >=).
   """
 
   def __init__(self, model, variables, image_size: int = 256, batch_size: int = 8, threshold: float = 0.5):
@@ -135,7 +138,6 @@ class Segmenter:
     self.image_size = image_size
     self.batch_size = batch_size
     self.threshold = threshold
-    self._forward = jax.jit(functools.partial(_apply, model))
 
   @classmethod
   def from_checkpoint(cls, path: str, **kwargs) -> "Segmenter":
@@ -153,7 +155,7 @@ class Segmenter:
       n = len(batch)
       if n < self.batch_size:
         batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
-      probs = np.asarray(self._forward(self.variables, batch))
+      probs = np.asarray(_forward(self.model, self.variables, batch))
       if probs.shape[-1] != 1:
         raise ValueError(f"the model gives {probs.shape[-1]} output channels; segmentation needs one")
       out.append(probs[:n, ..., 0])

@@ -25,7 +25,7 @@ _PROBABILITY_MAPS = flags.DEFINE_bool("probability_maps", False,
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs that exist.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "The model's input size (the training size).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability above which a pixel is lesion.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability at or above which a pixel is lesion.")
 
 
 def main(argv):
