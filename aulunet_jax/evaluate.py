@@ -218,6 +218,32 @@ def evaluate(model, variables, dataset: str, split: str, data_dir: Optional[str]
   return Evaluation(protocol, dataset, split, len(ids), summary, per_image)
 
 
+def predict_examples(model, variables, dataset: str, split: str, data_dir: Optional[str] = None, *,
+                     num_images: int = 6, image_ids: Optional[Sequence[str]] = None,
+                     batch_size: int = 8) -> Dict[str, object]:
+  """A few examples of a split with the model's predictions, for Figure 3
+  panels: the examples named by ``image_ids``, else ``num_images`` spread
+  evenly over the split. Returns {'image': uint8 (N, S, S, 3), 'mask': float
+  (N, S, S) in [0, 1], 'probs': float (N, S, S), 'image_id': [str]}."""
+  source = input_pipeline.dataset_source(dataset, split, data_dir)
+  if image_ids:
+    index = {_image_id(source[i]): i for i in range(len(source))}
+    missing = [i for i in image_ids if i not in index]
+    if missing:
+      raise ValueError(f"{dataset} {split} has no image {', '.join(missing)}")
+    chosen = [index[i] for i in image_ids]
+  else:
+    if num_images < 1:
+      raise ValueError(f"num_images must be positive, got {num_images}")
+    chosen = sorted(set(np.linspace(0, len(source) - 1, min(num_images, len(source))).round().astype(int).tolist()))
+  records = [source[i] for i in chosen]
+  images = np.stack([r["image"] for r in records])
+  segmenter = Segmenter(model, variables, image_size=images.shape[1], batch_size=batch_size)
+  return {"image": images, "mask": np.stack([preprocessing.mask_to_float(r["mask"][..., 0]) for r in records]),
+          "probs": segmenter.model_probabilities(preprocessing.normalize_image(images)),
+          "image_id": [_image_id(r) for r in records]}
+
+
 def write_per_image_csv(evaluation: Evaluation, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", newline="") as f:

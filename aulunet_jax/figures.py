@@ -12,9 +12,10 @@
 
 import csv
 import dataclasses
+import json
 import math
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colors as mcolors
@@ -173,6 +174,68 @@ def read_published_points(path: str = PUBLISHED_RESULTS, dataset: str = "isic/20
         continue
       points.append(ModelPoint(row["model"], params, gflops, miou, source=row["source"], published=True))
   return points
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_workdirs(path: str) -> List[str]:
+  """The training workdirs under ``path``: ``path`` itself if it holds a
+  results.json, else its sub-directories that do (e.g. the seeds of a
+  repeated run), sorted."""
+  if os.path.isfile(os.path.join(path, "results.json")):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} is not a directory")
+  runs = sorted(os.path.join(path, d) for d in os.listdir(path)
+                if os.path.isfile(os.path.join(path, d, "results.json")))
+  if not runs:
+    raise FileNotFoundError(f"{path} holds no results.json, and no sub-directory does: expected a finished "
+                            f"training workdir or a directory of them")
+  return runs
+
+
+def model_cost(name: str, overrides: Optional[dict] = None, image_size: int = 256) -> Tuple[float, float]:
+  """(parameters in M, GFLOPs in the paper's convention, i.e. GMACs) of a
+  registered model at image_size x image_size."""
+  import jax
+  import jax.numpy as jnp
+  from aulunet_jax import flops
+  from aulunet_jax.models import build_model
+  model = build_model(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()})
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)),
+                                                train=False))
+  cost = flops.count_flops(model, variables, (image_size, image_size, 3))
+  return cost["params"] / 1e6, cost["gmacs"]
+
+
+def read_runs(path: str, label: Optional[str] = None, image_size: int = 256) -> Tuple[ModelPoint, str]:
+  """(point, dataset) from repeated runs of one model: mean and sample
+  standard deviation (ddof=1) of the test mIoU over the workdirs of
+  ``run_workdirs(path)``, each a results.json beside the run's config.json;
+  parameters and GFLOPs counted from the model (``model_cost``).
+
+  All runs must share model, model settings, dataset and test split.
+  """
+  runs = run_workdirs(path)
+  keys = []
+  mious = []
+  for run in runs:
+    config = _read_json(os.path.join(run, "config.json"))
+    results = _read_json(os.path.join(run, "results.json"))
+    keys.append((config["model"], json.dumps(config.get("model_overrides") or {}, sort_keys=True),
+                 config["dataset"], results.get("split", config.get("test_split"))))
+    mious.append(100.0 * float(results["miou"]))
+  if len(set(keys)) > 1:
+    described = "; ".join(f"{run}: model {k[0]} {k[1]}, {k[2]} {k[3]}" for run, k in zip(runs, keys))
+    raise ValueError(f"the runs under {path} are not repeats of one setting: {described}")
+  name, overrides, dataset, _ = keys[0]
+  params_m, gflops = model_cost(name, json.loads(overrides), image_size)
+  std = float(np.std(mious, ddof=1)) if len(mious) > 1 else None
+  suffix = f" (n={len(mious)})" if len(mious) > 1 else ""
+  return ModelPoint(label or f"{name}{suffix}", params_m, gflops, float(np.mean(mious)), std, source=path), dataset
 
 
 def save_params_vs_miou(points: Iterable[ModelPoint], path: str, title: str = "") -> str:

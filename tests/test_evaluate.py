@@ -145,3 +145,24 @@ def test_evaluate_command(model_and_variables, data, tmp_path):
   assert "| miou | dsc | accuracy | sensitivity | specificity |" in table.stdout
   both = subprocess.run(cmd[:4] + [f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert both.returncode != 0 and "exactly one of --workdir and --checkpoint" in both.stderr
+
+
+def test_figure3_command_for_a_split(model_and_variables, data, tmp_path):
+  ckpt = checkpoints.save_inference_checkpoint(str(tmp_path / "ckpt"), model_and_variables[1],
+                                               checkpoints.model_spec("aulunet_v3"))
+  examples = evaluate.predict_examples(*model_and_variables, "isic/synthetic_64", "test", data[0], num_images=3)
+  source = input_pipeline.dataset_source("isic/synthetic_64", "test", data[0])
+  assert examples["image_id"] == [source[i]["image_id"].decode() for i in (0, 2, 5)]  # spread over the stored order
+  assert examples["probs"].shape == examples["mask"].shape == (3, SIZE, SIZE)
+  out = str(tmp_path / "fig3.png")
+  proc = subprocess.run([sys.executable, "-m", "launch.figures", "--figure=qualitative", f"--checkpoint={ckpt}",
+                         "--dataset=isic/synthetic_64", "--split=test", f"--data_dir={data[0]}",
+                         "--image_ids=synthetic_test_00001,synthetic_test_00004", f"--output={out}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "synthetic_test_00001, synthetic_test_00004" in proc.stdout
+  width, height = Image.open(out).size
+  assert width > height  # two rows of three panels
+  with pytest.raises(ValueError, match="has no image synthetic_test_99999"):
+    evaluate.predict_examples(*model_and_variables, "isic/synthetic_64", "test", data[0],
+                              image_ids=["synthetic_test_99999"])

@@ -80,3 +80,48 @@ def test_params_vs_miou_plot(tmp_path):
   assert Image.open(path).size[0] > 500
   with pytest.raises(ValueError, match="positive params"):
     figures.save_params_vs_miou([figures.ModelPoint("bad", 0, 1, 50)], str(tmp_path / "bad.png"))
+
+
+def _fake_run(workdir, miou, model="aulunet_v3", overrides=None, dataset="isic/2017"):
+  """A finished run's files as training writes them: config.json and results.json (fractions)."""
+  import json
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"model": model, "model_overrides": overrides or {}, "dataset": dataset, "test_split": "test"}, f)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"miou": miou, "dsc": 0.9, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9, "split": "test",
+               "checkpoint": os.path.join(workdir, "checkpoints", "best"), "epoch": 3}, f)
+
+
+def test_repeated_runs_become_one_point_with_mean_and_std(tmp_path):
+  for seed, miou in enumerate((0.80, 0.82, 0.84)):
+    _fake_run(str(tmp_path / "v3" / f"seed{seed}"), miou)
+  point, dataset = figures.read_runs(str(tmp_path / "v3"))
+  assert dataset == "isic/2017" and point.label == "aulunet_v3 (n=3)"
+  assert point.miou == pytest.approx(82.0) and point.miou_std == pytest.approx(2.0)  # sample std, ddof=1
+  assert point.params_m == pytest.approx(0.028636)
+  assert 0.06 < point.gflops < 0.08  # paper: 0.069
+  _fake_run(str(tmp_path / "single"), 0.7, model="aulunet_no_rgf")
+  single, _ = figures.read_runs(str(tmp_path / "single"), label="no RGF")
+  assert (single.label, single.miou, single.miou_std) == ("no RGF", 70.0, None)
+  assert single.params_m == pytest.approx(0.025036)
+  _fake_run(str(tmp_path / "v3" / "seed9"), 0.8, overrides={"use_lsg": False})
+  with pytest.raises(ValueError, match="not repeats of one setting"):
+    figures.read_runs(str(tmp_path / "v3"))
+  os.makedirs(tmp_path / "unfinished" / "seed0")
+  with pytest.raises(FileNotFoundError, match="holds no results.json"):
+    figures.read_runs(str(tmp_path / "unfinished"))
+
+
+def test_params_vs_miou_command(tmp_path):
+  for seed, miou in enumerate((0.80, 0.83)):
+    _fake_run(str(tmp_path / "v3" / f"seed{seed}"), miou)
+  _fake_run(str(tmp_path / "base"), 0.75, model="aulunet_base")
+  out = str(tmp_path / "fig2.png")
+  proc = subprocess.run([sys.executable, "-m", "launch.figures", "--figure=params_vs_miou",
+                         f"--runs={tmp_path / 'v3'},{tmp_path / 'base'}", "--labels=AULUNet (ours),base",
+                         f"--output={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "AULUNet (ours): 0.0286 M parameters" in proc.stdout and "mIoU 81.50 ± 2.12 %" in proc.stdout
+  assert "AULUNet (published): 0.029 M, 0.069 GFLOPs, mIoU 85.32 %" in proc.stdout
+  assert Image.open(out).size[0] > 500
