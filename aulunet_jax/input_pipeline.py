@@ -109,7 +109,7 @@ def num_examples(dataset: str, split: str, data_dir: Optional[str] = None) -> in
 
 def _whole_batches(n: int, global_batch_size: int, what: str) -> int:
   if n < global_batch_size:
-    raise ValueError(f"{what} has {n} examples, fewer examples than one global batch of {global_batch_size}")
+    raise ValueError(f"{what} has {n} examples, fewer than one global batch of {global_batch_size}")
   return n // global_batch_size
 
 

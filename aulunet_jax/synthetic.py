@@ -261,17 +261,17 @@ def generate(rng: np.random.Generator, size: int = 256) -> Dict[str, np.ndarray]
   r2 = ((yy - light_y) ** 2 + (xx - light_x) ** 2) / diag ** 2
   image *= (1.0 - rng.uniform(0.0, 0.45) * r2)[..., None]
   r = np.sqrt((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / diag
-  if rng.random() < 0.35:
-    visible = _smoothstep((rng.uniform(0.72, 0.98) - r) / 0.03)
-  else:
-    visible = 1.0 - rng.uniform(0.0, 0.35) * _smoothstep((r - 0.6) / 0.4)
+  lesion = d < 1.0
+  visible = _smoothstep((rng.uniform(0.72, 0.98) - r) / 0.03) if rng.random() < 0.35 else None
+  if visible is None or np.count_nonzero(lesion & (visible > 0.5)) < 0.5 * np.count_nonzero(lesion):
+    visible = 1.0 - rng.uniform(0.0, 0.35) * _smoothstep((r - 0.6) / 0.4)  # no aperture hiding most of the lesion
   image *= visible[..., None]
 
   pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
   if rng.random() < 0.3:
     pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.8) * h / 256))
   image = np.asarray(pil, np.float32) + rng.uniform(1.0, 6.0) * rng.standard_normal(shape + (3,), np.float32)
-  mask = (d < 1.0) & (visible > 0.5)
+  mask = lesion & (visible > 0.5)
   return {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "mask": mask.astype(np.uint8) * 255}
 
 

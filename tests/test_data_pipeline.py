@@ -135,6 +135,48 @@ def test_worker_processes_give_the_same_batches(data_dir):
     it.close()
 
 
+_PROCESS = textwrap.dedent("""
+    import sys
+    import jax
+    import numpy as np
+    port, process_id, data_dir, out = sys.argv[1:]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+    from aulunet_jax import input_pipeline
+    assert jax.process_count() == 2 and jax.local_device_count() == 2
+    it = input_pipeline.train_iterator("isic/synthetic_32", "train", data_dir, global_batch_size=8, seed=5)
+    train = np.stack([next(it)["image"] for _ in range(3)])
+    ids = [b["image_id"] for b in input_pipeline.eval_iterator("isic/synthetic_32", "test", data_dir,
+                                                                global_batch_size=4)]
+    np.savez(out, train=train, ids=np.stack(ids))
+    jax.distributed.shutdown()
+""")
+
+
+def test_real_jax_processes_read_their_shares(data_dir, tmp_path):
+  # Two JAX processes on loopback, two CPU devices each: the defaults pick up process index and devices.
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", _PROCESS, str(port), str(i), data_dir, str(tmp_path / f"{i}.npz")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+  shares = [np.load(tmp_path / f"{i}.npz") for i in range(2)]
+  assert shares[0]["train"].shape == (3, 2, 2, 32, 32, 3)  # steps, local devices, per device
+  whole = input_pipeline.train_iterator(DATASET, "train", data_dir, global_batch_size=8, seed=5, process_index=0,
+                                        process_count=1, local_device_count=1)
+  for step in range(3):
+    expected = next(whole)["image"].reshape(8, 32, 32, 3)
+    got = np.concatenate([share["train"][step].reshape(4, 32, 32, 3) for share in shares])
+    np.testing.assert_array_equal(got, expected)
+  ids = sorted(i for share in shares for i in share["ids"].ravel() if i)
+  assert ids == sorted(_source_index(data_dir, "test").values())
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_visits_every_example_once_with_padding(data_dir, process_count):
   source_ids = {i for i in _source_index(data_dir, "test").values()}  # 7 examples
@@ -166,7 +208,7 @@ def test_clear_errors(data_dir):
     input_pipeline.dataset_source("mnist", "train", data_dir)
   with pytest.raises(ValueError, match="multiple of process_count"):
     input_pipeline.train_iterator(DATASET, "train", data_dir, global_batch_size=3, seed=0, local_device_count=2)
-  with pytest.raises(ValueError, match="fewer examples than one global batch"):
+  with pytest.raises(ValueError, match="fewer than one global batch"):
     input_pipeline.train_iterator(DATASET, "train", data_dir, global_batch_size=32, seed=0)
 
 
