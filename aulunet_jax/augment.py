@@ -76,6 +76,6 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Tu
   if rng.random() > 0.5:
     stacked = rot90_flip(stacked, int(rng.integers(0, 4)), int(rng.integers(0, 2)))
   if rng.random() > 0.5:
-    stacked = rotate(np.ascontiguousarray(stacked), int(rng.integers(20, 80)))
-  stacked = np.ascontiguousarray(stacked)
-  return stacked[..., :channels], stacked[..., channels:].astype(mask.dtype)
+    stacked = rotate(stacked, int(rng.integers(20, 80)))
+  # Contiguous outputs: batching strided views would cost more than the augmentation.
+  return np.ascontiguousarray(stacked[..., :channels]), np.ascontiguousarray(stacked[..., channels:], mask.dtype)
