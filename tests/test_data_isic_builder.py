@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 from PIL import Image
@@ -80,10 +81,8 @@ def test_splits_follow_isic_id_order(small_2017):
 def test_examples_are_the_reference_resize_of_the_archive_files(small_2017):
   root, _ = small_2017
   source = input_pipeline.dataset_source("isic/2017_16", "official_train", str(root / "data"))
-  with tfds.core.Path(root / "manual" / "ISIC-2017_Training_Data.zip").open("rb") as f:
-    import zipfile  # pylint: disable=g-import-not-at-top
-    images = zipfile.ZipFile(f)
-    masks = zipfile.ZipFile(root / "manual" / "ISIC-2017_Training_Part1_GroundTruth.zip")
+  with zipfile.ZipFile(root / "manual" / "ISIC-2017_Training_Data.zip") as images, \
+       zipfile.ZipFile(root / "manual" / "ISIC-2017_Training_Part1_GroundTruth.zip") as masks:
     for i in range(len(source)):
       example = source[i]
       image_id = example["image_id"].decode()

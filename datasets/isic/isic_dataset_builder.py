@@ -104,9 +104,13 @@ class IsicConfig(tfds.core.BuilderConfig):
                        f"got {self.synthetic_examples}")
 
 
+def _id_order(image_id: str) -> Tuple[int, str]:
+  return int(image_id.split("_")[1]), image_id
+
+
 def paper_splits(image_ids: Iterable[str], year: str) -> Dict[str, List[str]]:
   """The reference's train / validation / test cut of an official training set, in ISIC id order."""
-  ids = sorted(image_ids, key=lambda i: (int(i.split("_")[1]), i))
+  ids = sorted(image_ids, key=_id_order)
   (a, b), (c, d) = PAPER_SPLIT_FRACTIONS[year]
   n_train, n_validation = len(ids) * a // b, len(ids) * c // d
   return {"train": ids[:n_train], "validation": ids[n_train:n_train + n_validation],
@@ -200,7 +204,7 @@ def _pairs(manual_dir: epath.Path, images_name: str, masks_name: str) -> List[Tu
   if problems:
     more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
     raise ValueError("Unpaired files:\n" + "\n".join(problems[:20]) + more)
-  ids = sorted(image_files, key=lambda i: (int(i.split("_")[1]), i))
+  ids = sorted(image_files, key=_id_order)
   return [(i, images, image_files[i], masks, mask_files[i]) for i in ids]
 
 
@@ -219,8 +223,8 @@ def _example(image_id: str, image: np.ndarray, mask: np.ndarray, size: int) -> d
           "image_id": image_id, "original_height": image.shape[0], "original_width": image.shape[1]}
 
 
-def _archive_example(item, size: int) -> dict:
-  image_id, image_bytes, image_name, mask_bytes, mask_name = item
+def _decode_pair(image_id: str, image_bytes: bytes, image_name: str, mask_bytes: bytes, mask_name: str,
+                 size: int) -> dict:
   image = _decode(image_bytes, image_name, "RGB")
   mask = _decode(mask_bytes, mask_name, "L")
   if mask.shape != image.shape[:2]:
@@ -310,8 +314,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _archive_example(self, pair) -> dict:
     image_id, images, image_location, masks, mask_location = pair
-    return _archive_example((image_id, images.read(image_location), f"{image_location} in {images}",
-                             masks.read(mask_location), f"{mask_location} in {masks}"), self.builder_config.image_size)
+    return _decode_pair(image_id, images.read(image_location), f"{image_location} in {images}",
+                        masks.read(mask_location), f"{mask_location} in {masks}", self.builder_config.image_size)
 
   def _synthetic_example(self, split_number: int, index: int) -> dict:
     config = self.builder_config
