@@ -5,14 +5,22 @@ model's size, (N, S, S, 3), as uint8 (the default) or float32 (any range),
 and returns lesion probabilities (N, S, S, 1) float32. The per-image min-max
 normalisation of training (``preprocessing.normalize_image``) is part of the
 exported graph, so a phone app only resizes (bilinear) and feeds the pixels;
-thresholding at 0.5 (and resizing back) is left to the caller. The batch
-dimension is dynamic in both formats.
+thresholding at 0.5 (and resizing back) is left to the caller. The
+SavedModel takes any batch size; a TFLite model has a fixed one (1 by
+default, the phone case).
 
-jax2tf serialises the model as StableHLO inside the SavedModel (for CPU,
-CUDA and TPU); the TFLite converter lowers it to TFLite built-in ops. The
-converter cannot lower a dense layer applied to a 4-D (N, 1, 1, C) tensor
-('tfl.batch_matmul' op found invalid output rank), which is why the models
-compute their global-context gates (AKF, RGF) on (N, C) and broadcast back.
+The model is traced with the plain reference ops (``ops.reference_ops``):
+the fast formulations are tuned for XLA on CPU and may specialise on static
+shapes, while an export must lower to TFLite ops and, as a SavedModel, hold
+for any batch size. jax2tf serialises it as StableHLO inside the SavedModel
+(for CPU, CUDA and TPU); the TFLite converter lowers that to TFLite built-in
+ops. Two limits of the converter (TensorFlow 2.21) shape this: it cannot
+lower a dense layer applied to a 4-D (N, 1, 1, C) tensor ('tfl.batch_matmul'
+op found invalid output rank), which is why the models compute their
+global-context gates (AKF, RGF) on (N, C) and broadcast back; and it cannot
+lower the gathers of the reference upsampling under a symbolic batch size
+('vhlo.dynamic_gather_v1' op is not part of the vhlo support yet), which is
+why the TFLite batch size is fixed.
 
 TensorFlow is imported only when exporting (it comes with the ``data``
 extra); the rest of the library never needs it.
@@ -21,10 +29,12 @@ extra); the rest of the library never needs it.
 import os
 import time
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import jax.numpy as jnp
 import numpy as np
+
+from aulunet_jax import ops
 
 INPUT_DTYPES = ("uint8", "float32")
 FORMATS = ("savedmodel", "tflite")
@@ -50,9 +60,11 @@ def normalize_images(images: jnp.ndarray) -> jnp.ndarray:
 
 
 def serving_function(model, variables) -> Callable:
-  """images (N, S, S, 3) uint8 or float -> probabilities (N, S, S, 1) float32."""
+  """images (N, S, S, 3) uint8 or float -> probabilities (N, S, S, 1) float32,
+  traced with the plain reference ops."""
   def serve(images):
-    return model.apply(variables, normalize_images(images), train=False).astype(jnp.float32)
+    with ops.reference_ops():
+      return model.apply(variables, normalize_images(images), train=False).astype(jnp.float32)
   return serve
 
 
@@ -63,17 +75,20 @@ def _check(image_size: int, input_dtype: str):
     raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
 
 
-def _tf_module(model, variables, image_size: int, input_dtype: str, platforms=None):
-  """A tf.Module whose ``serve`` takes (None, S, S, 3) images and returns
-  {'probabilities': (None, S, S, 1)}."""
+def _tf_module(model, variables, image_size: int, input_dtype: str, platforms, batch_size: Optional[int] = None):
+  """A tf.Module whose ``serve`` takes (B, S, S, 3) images and returns
+  {'probabilities': (B, S, S, 1)}; B = ``batch_size``, or any when None."""
   _check(image_size, input_dtype)
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
   tf, jax2tf = _tensorflow()
+  batch = "b" if batch_size is None else str(batch_size)
   converted = jax2tf.convert(serving_function(model, variables), with_gradient=False,
-                             polymorphic_shapes=[f"(b, {image_size}, {image_size}, 3)"],
+                             polymorphic_shapes=[f"({batch}, {image_size}, {image_size}, 3)"],
                              native_serialization_platforms=platforms)
   module = tf.Module()
   module.serve = tf.function(lambda images: {"probabilities": converted(images)}, autograph=False,
-                             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], input_dtype,
+                             input_signature=[tf.TensorSpec([batch_size, image_size, image_size, 3], input_dtype,
                                                             name="images")])
   return module
 
@@ -86,10 +101,12 @@ def export_saved_model(model, variables, path: str, *, image_size: int = 256, in
   return path
 
 
-def export_tflite(model, variables, path: str, *, image_size: int = 256, input_dtype: str = "uint8") -> str:
-  """Writes a TFLite flatbuffer (float32 weights, built-in ops only) to ``path``."""
+def export_tflite(model, variables, path: str, *, image_size: int = 256, input_dtype: str = "uint8",
+                  batch_size: int = 1) -> str:
+  """Writes a TFLite flatbuffer (float32 weights, built-in ops only, batch
+  ``batch_size``) to ``path``."""
   tf, _ = _tensorflow()
-  module = _tf_module(model, variables, image_size, input_dtype, ("cpu",))
+  module = _tf_module(model, variables, image_size, input_dtype, ("cpu",), batch_size)
   converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
   content = converter.convert()
@@ -99,10 +116,16 @@ def export_tflite(model, variables, path: str, *, image_size: int = 256, input_d
   return path
 
 
-def export(model, variables, path: str, fmt: str, **kwargs) -> str:
+def export(model, variables, path: str, fmt: str, *, batch_size: Optional[int] = None, **kwargs) -> str:
+  """``export_saved_model`` or ``export_tflite``; ``batch_size`` is TFLite's
+  fixed batch (default 1); a SavedModel takes any."""
   if fmt not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-  return (export_saved_model if fmt == "savedmodel" else export_tflite)(model, variables, path, **kwargs)
+  if fmt == "savedmodel":
+    if batch_size is not None:
+      raise ValueError("a SavedModel takes any batch size; batch_size is for TFLite")
+    return export_saved_model(model, variables, path, **kwargs)
+  return export_tflite(model, variables, path, batch_size=batch_size or 1, **kwargs)
 
 
 def size_bytes(path: str) -> int:
@@ -114,6 +137,8 @@ def size_bytes(path: str) -> int:
 
 class SavedModelRunner:
   """Runs an exported SavedModel on numpy batches."""
+
+  batch_size = None  # any
 
   def __init__(self, path: str):
     tf, _ = _tensorflow()
@@ -142,13 +167,12 @@ class TFLiteRunner:
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
     self.input_dtype = np.dtype(self._input["dtype"]).name
-    self._batch = None
+    self.batch_size = int(self._input["shape"][0])
+    self._interpreter.allocate_tensors()
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    if images.shape[0] != self._batch:
-      self._interpreter.resize_tensor_input(self._input["index"], list(images.shape))
-      self._interpreter.allocate_tensors()
-      self._batch = images.shape[0]
+    if images.shape[0] != self.batch_size:
+      raise ValueError(f"this TFLite model takes batches of {self.batch_size} images, got {images.shape[0]}")
     self._interpreter.set_tensor(self._input["index"], images)
     self._interpreter.invoke()
     return self._interpreter.get_tensor(self._output["index"]).copy()
@@ -174,9 +198,10 @@ def max_abs_difference(model, variables, runner, images: np.ndarray) -> float:
   return float(np.abs(runner(images) - expected).max())
 
 
-def single_image_latency_ms(runner, image_size: int, input_dtype: str, repeats: int = 50) -> Dict[str, float]:
-  """Median and best wall time of one single-image call, after 5 warm-up calls."""
-  image = random_images(1, image_size, input_dtype)
+def call_latency_ms(runner, image_size: int, input_dtype: str, repeats: int = 50) -> Dict[str, float]:
+  """Median and best wall time of one call on a batch of the runner's batch
+  size (one image when it takes any), after 5 warm-up calls."""
+  image = random_images(runner.batch_size or 1, image_size, input_dtype)
   for _ in range(5):
     runner(image)
   times = []

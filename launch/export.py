@@ -1,13 +1,15 @@
 """Exports a trained model as a TensorFlow SavedModel or a TFLite file.
 
   python -m launch.export --checkpoint=C --format=savedmodel|tflite --output=PATH
-      [--image_size=256] [--input_dtype=uint8|float32] [--overwrite]
+      [--image_size=256] [--input_dtype=uint8|float32] [--batch_size=1] [--overwrite]
 
 The exported model takes (N, S, S, 3) RGB images resized to --image_size,
 uint8 or float32 (any range; the per-image min-max normalisation of training
-is inside the model), and returns probabilities (N, S, S, 1). The command
-checks the export against JAX on random images (fails above --tolerance),
-then reports the file size and the single-image latency on this CPU.
+is inside the model), and returns probabilities (N, S, S, 1); N is free in a
+SavedModel and --batch_size in a TFLite model. The command checks the export
+against JAX on random images (fails above --tolerance), then reports the
+file size and the latency of one call (one image, or one TFLite batch) on
+this CPU.
 Needs TensorFlow (pip install -e '.[data]').
 """
 
@@ -23,6 +25,7 @@ _FORMAT = flags.DEFINE_enum("format", None, ["savedmodel", "tflite"], "Export fo
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory or .tflite file.", required=True)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "The model's input size (the training size).")
 _INPUT_DTYPE = flags.DEFINE_enum("input_dtype", "uint8", ["uint8", "float32"], "Input type of the exported model.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "TFLite: the model's fixed batch size (default 1).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-5, "Largest accepted |exported - JAX| on random images.")
 _REPORT = flags.DEFINE_enum("report", "table", ["table", "json"], "Report format.")
@@ -32,6 +35,8 @@ def main(argv):
   del argv
   from aulunet_jax import checkpoints, export
 
+  if _BATCH_SIZE.value is not None and _FORMAT.value == "savedmodel":
+    raise app.UsageError("--batch_size is for TFLite; a SavedModel takes any batch size")
   output = _OUTPUT.value
   if os.path.exists(output):
     if not _OVERWRITE.value:
@@ -39,24 +44,28 @@ def main(argv):
     shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
   model, variables = checkpoints.load_inference_checkpoint(_CHECKPOINT.value)
   export.export(model, variables, output, _FORMAT.value, image_size=_IMAGE_SIZE.value,
-                input_dtype=_INPUT_DTYPE.value)
+                input_dtype=_INPUT_DTYPE.value, batch_size=_BATCH_SIZE.value)
   runner = export.load_runner(output, _FORMAT.value)
-  images = export.random_images(4, _IMAGE_SIZE.value, _INPUT_DTYPE.value)
-  diff = export.max_abs_difference(model, variables, runner, images)
-  latency = export.single_image_latency_ms(runner, _IMAGE_SIZE.value, _INPUT_DTYPE.value)
+  # Four random images: one batch for a SavedModel, batches of the model's size for TFLite.
+  batch = runner.batch_size or 4
+  diff = max(export.max_abs_difference(model, variables, runner,
+                                       export.random_images(batch, _IMAGE_SIZE.value, _INPUT_DTYPE.value, seed=i))
+             for i in range(-(-4 // batch)))
+  latency = export.call_latency_ms(runner, _IMAGE_SIZE.value, _INPUT_DTYPE.value)
   report = {"output": output, "format": _FORMAT.value, "image_size": _IMAGE_SIZE.value,
-            "input_dtype": _INPUT_DTYPE.value, "size_bytes": export.size_bytes(output),
+            "input_dtype": _INPUT_DTYPE.value, "batch_size": runner.batch_size, "size_bytes": export.size_bytes(output),
             "max_abs_diff_vs_jax": diff, "latency_ms_median": latency["median_ms"],
             "latency_ms_min": latency["min_ms"]}
   if _REPORT.value == "json":
     print(json.dumps(report))
   else:
-    print(f"wrote {output} ({_FORMAT.value}, input {_INPUT_DTYPE.value} (N, {_IMAGE_SIZE.value}, "
-          f"{_IMAGE_SIZE.value}, 3) -> probabilities (N, {_IMAGE_SIZE.value}, {_IMAGE_SIZE.value}, 1))")
+    n = runner.batch_size or "N"
+    print(f"wrote {output} ({_FORMAT.value}, input {_INPUT_DTYPE.value} ({n}, {_IMAGE_SIZE.value}, "
+          f"{_IMAGE_SIZE.value}, 3) -> probabilities ({n}, {_IMAGE_SIZE.value}, {_IMAGE_SIZE.value}, 1))")
     print(f"  size                      {report['size_bytes'] / 1e3:,.1f} KB")
     print(f"  max |exported - JAX|      {diff:.1e} on 4 random images")
-    print(f"  single-image latency      {latency['median_ms']:.2f} ms median, {latency['min_ms']:.2f} ms best "
-          f"(this CPU)")
+    print(f"  latency of one call       {latency['median_ms']:.2f} ms median, {latency['min_ms']:.2f} ms best "
+          f"({runner.batch_size or 1} image{'s' if (runner.batch_size or 1) > 1 else ''}, this CPU)")
   if not diff <= _TOLERANCE.value:
     raise SystemExit(f"the export differs from JAX by {diff:.2e} > --tolerance={_TOLERANCE.value}")
 

@@ -39,11 +39,15 @@ def test_in_graph_normalisation_is_the_training_one():
 def test_export_matches_jax(model_and_variables, tmp_path, fmt, input_dtype):
   model, variables = model_and_variables
   path = str(tmp_path / ("model.tflite" if fmt == "tflite" else "saved_model"))
-  export.export(model, variables, path, fmt, image_size=SIZE, input_dtype=input_dtype)
+  # A SavedModel takes any batch size; a TFLite model its fixed one (1 by default).
+  tflite_batch = 2 if input_dtype == "float32" else None
+  export.export(model, variables, path, fmt, image_size=SIZE, input_dtype=input_dtype,
+                batch_size=tflite_batch if fmt == "tflite" else None)
   runner = export.load_runner(path, fmt)
   assert runner.input_dtype == input_dtype
-  for batch in (1, 3):  # the batch dimension is dynamic
-    images = export.random_images(batch, SIZE, input_dtype, seed=batch)
+  batches = (1, 3) if fmt == "savedmodel" else (tflite_batch or 1,) * 2
+  for seed, batch in enumerate(batches):
+    images = export.random_images(batch, SIZE, input_dtype, seed=seed)
     out = runner(images)
     assert out.shape == (batch, SIZE, SIZE, 1) and out.dtype == np.float32
     assert export.max_abs_difference(model, variables, runner, images) <= 1e-5
@@ -58,6 +62,8 @@ def test_bad_export_settings_are_named(model_and_variables, tmp_path):
     export.export_tflite(model, variables, str(tmp_path / "m.tflite"), image_size=SIZE, input_dtype="int16")
   with pytest.raises(ValueError, match="format must be one of"):
     export.export(model, variables, str(tmp_path / "m.onnx"), "onnx")
+  with pytest.raises(ValueError, match="a SavedModel takes any batch size"):
+    export.export(model, variables, str(tmp_path / "sm"), "savedmodel", batch_size=2)
 
 
 def test_export_command_reports_size_difference_and_latency(model_and_variables, tmp_path):
@@ -71,6 +77,6 @@ def test_export_command_reports_size_difference_and_latency(model_and_variables,
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["size_bytes"] == os.path.getsize(out)
   assert report["max_abs_diff_vs_jax"] <= 1e-5
-  assert report["latency_ms_median"] > 0 and report["input_dtype"] == "uint8"
+  assert report["latency_ms_median"] > 0 and report["input_dtype"] == "uint8" and report["batch_size"] == 1
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode != 0 and "--overwrite" in again.stderr
