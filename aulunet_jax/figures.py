@@ -211,15 +211,31 @@ def model_cost(name: str, overrides: Optional[dict] = None, image_size: int = 25
   return cost["params"] / 1e6, cost["gmacs"]
 
 
-def read_runs(path: str, label: Optional[str] = None, image_size: int = 256) -> Tuple[ModelPoint, str]:
-  """(point, dataset) from repeated runs of one model: mean and sample
-  standard deviation (ddof=1) of the test mIoU over the workdirs of
-  ``run_workdirs(path)``, each a results.json beside the run's config.json;
-  parameters and GFLOPs counted from the model (``model_cost``).
+def read_results_table(path: str) -> Tuple[float, Optional[float], int]:
+  """(mean, std, number of runs) of the test mIoU, in %, from a repeated-runs
+  results.csv (``runs.write_summary``: a row per run, then 'mean' and 'std'
+  rows, metrics as fractions)."""
+  with open(path, newline="") as f:
+    rows = {row["run"]: row for row in csv.DictReader(f)}
+  if "mean" not in rows or "std" not in rows or "miou" not in rows["mean"]:
+    raise ValueError(f"{path} is not a repeated-runs results table (expected columns run, ..., miou and the rows "
+                     f"'mean' and 'std')")
+  n = len(rows) - 2
+  return 100 * float(rows["mean"]["miou"]), (100 * float(rows["std"]["miou"]) if n > 1 else None), n
 
-  All runs must share model, model settings, dataset and test split.
+
+def read_runs(path: str, label: Optional[str] = None, image_size: int = 256) -> Tuple[ModelPoint, str]:
+  """(point, dataset) from repeated runs of one model.
+
+  ``path`` is a repeated-runs results.csv (its mean and std of the test
+  mIoU), or a directory: a training workdir or a directory of them (see
+  ``run_workdirs``), whose test mIoUs give the mean and the sample standard
+  deviation (ddof=1). The model, its settings and the dataset come from the
+  runs' config.json (beside the table, for a table), and all runs must share
+  them; parameters and GFLOPs are counted from the model (``model_cost``).
   """
-  runs = run_workdirs(path)
+  table = path if os.path.isfile(path) else None
+  runs = run_workdirs(os.path.dirname(os.path.abspath(path)) if table else path)
   keys = []
   mious = []
   for run in runs:
@@ -230,12 +246,15 @@ def read_runs(path: str, label: Optional[str] = None, image_size: int = 256) -> 
     mious.append(100.0 * float(results["miou"]))
   if len(set(keys)) > 1:
     described = "; ".join(f"{run}: model {k[0]} {k[1]}, {k[2]} {k[3]}" for run, k in zip(runs, keys))
-    raise ValueError(f"the runs under {path} are not repeats of one setting: {described}")
+    raise ValueError(f"the runs of {path} are not repeats of one setting: {described}")
+  if table:
+    mean, std, n = read_results_table(table)
+  else:
+    mean, std, n = float(np.mean(mious)), (float(np.std(mious, ddof=1)) if len(mious) > 1 else None), len(mious)
   name, overrides, dataset, _ = keys[0]
   params_m, gflops = model_cost(name, json.loads(overrides), image_size)
-  std = float(np.std(mious, ddof=1)) if len(mious) > 1 else None
-  suffix = f" (n={len(mious)})" if len(mious) > 1 else ""
-  return ModelPoint(label or f"{name}{suffix}", params_m, gflops, float(np.mean(mious)), std, source=path), dataset
+  suffix = f" (n={n})" if n > 1 else ""
+  return ModelPoint(label or f"{name}{suffix}", params_m, gflops, mean, std, source=path), dataset
 
 
 def save_params_vs_miou(points: Iterable[ModelPoint], path: str, title: str = "") -> str:

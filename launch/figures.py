@@ -6,8 +6,8 @@ plus the published points of published_results.csv for the same dataset:
 
   python -m launch.figures --figure=params_vs_miou --runs=W1[,W2,...] [--labels=a,b] --output=fig2.png
 
-Each --runs entry is a finished training workdir or a directory of them (the
-seeds of a repeated run). Figure 3, qualitative panels (image, ground truth,
+Each --runs entry is the results.csv of repeated runs (launch.train --runs=N),
+a finished training workdir, or a directory of them (the seeds). Figure 3, qualitative panels (image, ground truth,
 prediction with its errors outlined in red) for any checkpoint and split:
 
   python -m launch.figures --figure=qualitative --checkpoint=C --dataset=isic/2017 --split=test
@@ -18,7 +18,8 @@ from absl import app, flags
 
 _FIGURE = flags.DEFINE_enum("figure", None, ["params_vs_miou", "qualitative"], "Which figure.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG file.", required=True)
-_RUNS = flags.DEFINE_list("runs", [], "params_vs_miou: training workdirs, or directories of repeated runs.")
+_RUNS = flags.DEFINE_list("runs", [], "params_vs_miou: results.csv tables of repeated runs, training workdirs, "
+                          "or directories of them.")
 _LABELS = flags.DEFINE_list("labels", [], "params_vs_miou: a label per --runs entry (default: the model name).")
 _PUBLISHED = flags.DEFINE_bool("published", True, "params_vs_miou: add the published points for the dataset.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "params_vs_miou: input size at which GFLOPs are counted.")

@@ -95,17 +95,24 @@ def _fake_run(workdir, miou, model="aulunet_v3", overrides=None, dataset="isic/2
 
 def test_repeated_runs_become_one_point_with_mean_and_std(tmp_path):
   for seed, miou in enumerate((0.80, 0.82, 0.84)):
-    _fake_run(str(tmp_path / "v3" / f"seed{seed}"), miou)
+    _fake_run(str(tmp_path / "v3" / f"seed_{seed}"), miou)
   point, dataset = figures.read_runs(str(tmp_path / "v3"))
   assert dataset == "isic/2017" and point.label == "aulunet_v3 (n=3)"
   assert point.miou == pytest.approx(82.0) and point.miou_std == pytest.approx(2.0)  # sample std, ddof=1
+  # The repeated-runs table training writes beside the seeds gives the same point.
+  from aulunet_jax import runs
+  runs.write_summary(str(tmp_path / "v3"), [0, 1, 2], [{"miou": m, "dsc": 0.9, "accuracy": 0.9, "sensitivity": 0.9,
+                                                        "specificity": 0.9} for m in (0.80, 0.82, 0.84)])
+  from_table, _ = figures.read_runs(str(tmp_path / "v3" / "results.csv"))
+  assert from_table.miou == pytest.approx(82.0) and from_table.miou_std == pytest.approx(2.0)
+  assert (from_table.label, from_table.params_m) == (point.label, point.params_m)
   assert point.params_m == pytest.approx(0.028636)
   assert 0.06 < point.gflops < 0.08  # paper: 0.069
   _fake_run(str(tmp_path / "single"), 0.7, model="aulunet_no_rgf")
   single, _ = figures.read_runs(str(tmp_path / "single"), label="no RGF")
   assert (single.label, single.miou, single.miou_std) == ("no RGF", 70.0, None)
   assert single.params_m == pytest.approx(0.025036)
-  _fake_run(str(tmp_path / "v3" / "seed9"), 0.8, overrides={"use_lsg": False})
+  _fake_run(str(tmp_path / "v3" / "seed_9"), 0.8, overrides={"use_lsg": False})
   with pytest.raises(ValueError, match="not repeats of one setting"):
     figures.read_runs(str(tmp_path / "v3"))
   os.makedirs(tmp_path / "unfinished" / "seed0")
@@ -115,7 +122,7 @@ def test_repeated_runs_become_one_point_with_mean_and_std(tmp_path):
 
 def test_params_vs_miou_command(tmp_path):
   for seed, miou in enumerate((0.80, 0.83)):
-    _fake_run(str(tmp_path / "v3" / f"seed{seed}"), miou)
+    _fake_run(str(tmp_path / "v3" / f"seed_{seed}"), miou)
   _fake_run(str(tmp_path / "base"), 0.75, model="aulunet_base")
   out = str(tmp_path / "fig2.png")
   proc = subprocess.run([sys.executable, "-m", "launch.figures", "--figure=params_vs_miou",
