@@ -21,10 +21,14 @@ import jax.numpy as jnp
 _LOG_CLAMP = -100.0
 
 
+def _flat(x):
+  """(N, ...) -> (N, pixels), in float32 at least (float64 stays float64)."""
+  return x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def per_example_bce(probs, masks):
   """Mean BCE over the pixels of each example: (N, ...) -> (N,)."""
-  probs = probs.reshape(probs.shape[0], -1).astype(jnp.float32)
-  masks = masks.reshape(masks.shape[0], -1).astype(jnp.float32)
+  probs, masks = _flat(probs), _flat(masks)
   log_p = jnp.maximum(jnp.log(probs), _LOG_CLAMP)
   log_1mp = jnp.maximum(jnp.log1p(-probs), _LOG_CLAMP)
   return -jnp.mean(masks * log_p + (1.0 - masks) * log_1mp, axis=1)
@@ -32,8 +36,7 @@ def per_example_bce(probs, masks):
 
 def per_example_dice_loss(probs, masks, smooth: float = 1.0):
   """1 - soft Dice of each example, with additive smoothing: (N, ...) -> (N,)."""
-  probs = probs.reshape(probs.shape[0], -1).astype(jnp.float32)
-  masks = masks.reshape(masks.shape[0], -1).astype(jnp.float32)
+  probs, masks = _flat(probs), _flat(masks)
   intersection = jnp.sum(probs * masks, axis=1)
   dice = (2.0 * intersection + smooth) / (jnp.sum(probs, axis=1) + jnp.sum(masks, axis=1) + smooth)
   return 1.0 - dice
