@@ -21,12 +21,18 @@ def test_bce_dice_matches_a_hand_computed_value():
                              2 * bce + 0.5 * (1 - (dice0 + dice1) / 2), rtol=1e-6)
 
 
-def test_saturated_probabilities_give_torch_clamped_log():
+def test_saturated_probabilities_give_torch_clamped_log_and_gradient():
+  torch = pytest.importorskip("torch")
+  # p exactly 0 or 1, as a float32 sigmoid gives for large logits, right and wrong.
+  probs = np.array([0.0, 1.0, 1.0, 0.0, 0.3], np.float32).reshape(1, 1, 5, 1)
+  masks = np.array([1.0, 0.0, 1.0, 0.0, 1.0], np.float32).reshape(1, 1, 5, 1)
   # torch.nn.BCELoss clamps log at -100: p = 0 on a positive pixel costs 100, not inf.
-  probs = jnp.array([0.0, 1.0]).reshape(1, 1, 2, 1)
-  masks = jnp.array([1.0, 0.0]).reshape(1, 1, 2, 1)
-  np.testing.assert_allclose(losses.per_example_bce(probs, masks), [100.0])
-  assert np.isfinite(np.asarray(jax.grad(lambda p: losses.bce_dice_loss(p, masks))(jnp.full_like(probs, 0.3)))).all()
+  np.testing.assert_allclose(losses.per_example_bce(probs, masks), [(100 + 100 - np.log(0.3)) / 5], rtol=1e-6)
+  tp = torch.tensor(probs, requires_grad=True)
+  torch.nn.BCELoss()(tp, torch.tensor(masks)).backward()
+  grad = np.asarray(jax.grad(lambda p: jnp.mean(losses.per_example_bce(p, masks)))(jnp.asarray(probs)))
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad, tp.grad.numpy(), rtol=1e-6)
 
 
 def _torch_reference_bce_dice(pred, target):
