@@ -253,12 +253,17 @@ def write_per_image_csv(evaluation: Evaluation, path: str) -> str:
   return path
 
 
+HEADERS = {"miou": "mIoU", "dsc": "DSC", "accuracy": "accuracy", "sensitivity": "sensitivity",
+           "specificity": "specificity", "jaccard": "Jaccard", "threshold_jaccard": "thresholded Jaccard",
+           "dice": "Dice"}
+
+
 def format_table(evaluation: Evaluation, names: Optional[Sequence[str]] = None) -> str:
   """The metrics as a Markdown table, in %."""
   names = names or list(evaluation.metrics)
   title = "paper protocol (one confusion matrix over the split)" if evaluation.protocol == "paper" else \
       "ISIC challenge protocol (per image at original size, averaged)"
   lines = [f"{evaluation.dataset} {evaluation.split}, {evaluation.num_images} images, {title}", "",
-           "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+           "| " + " | ".join(f"{HEADERS.get(k, k)} (%)" for k in names) + " |", "|" + "---:|" * len(names),
            "| " + " | ".join(f"{100 * evaluation.metrics[k]:.2f}" for k in names) + " |"]
   return "\n".join(lines)

@@ -198,6 +198,24 @@ def max_abs_difference(model, variables, runner, images: np.ndarray) -> float:
   return float(np.abs(runner(images) - expected).max())
 
 
+def jax_roundoff(model, variables, images: np.ndarray) -> float:
+  """Largest difference between JAX's two formulations of the model (fast and
+  reference ops) on ``images``: the scale of float32 round-off for this model
+  and these inputs, against which an export's difference is judged.
+
+  A trained model can amplify round-off a great deal on inputs unlike its
+  training images (random noise): the 8-epoch synthetic demo model differs
+  from itself by ~7e-5 there, against ~4e-6 on real images; a freshly
+  initialised one by ~1e-7.
+  """
+  from aulunet_jax import preprocessing
+  x = preprocessing.normalize_image(images)
+  fast = np.asarray(model.apply(variables, x, train=False))
+  with ops.reference_ops():
+    reference = np.asarray(model.apply(variables, x, train=False))
+  return float(np.abs(fast - reference).max())
+
+
 def call_latency_ms(runner, image_size: int, input_dtype: str, repeats: int = 50) -> Dict[str, float]:
   """Median and best wall time of one call on a batch of the runner's batch
   size (one image when it takes any), after 5 warm-up calls."""

@@ -93,7 +93,7 @@ def read_image(path: str) -> np.ndarray:
 
 
 def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-  """float HxW probabilities -> float32 height x width, PIL bilinear in float32."""
+  """float HxW probabilities -> float32 height x width, PIL bilinear on a float32 ("F") image."""
   probs = np.asarray(probs, np.float32)
   if probs.ndim == 3 and probs.shape[-1] == 1:
     probs = probs[..., 0]
@@ -101,7 +101,7 @@ def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarr
     raise ValueError(f"probabilities must be HxW or HxWx1, got shape {probs.shape}")
   if probs.shape == (height, width):
     return probs.copy()
-  resized = Image.fromarray(probs, mode="F").resize((width, height), resample=Image.BILINEAR)
+  resized = Image.fromarray(probs).resize((width, height), resample=Image.BILINEAR)
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
 

@@ -46,7 +46,8 @@ def data(tmp_path_factory):
   data_dir, manual_dir = str(root / "tfds"), str(root / "manual")
   input_pipeline.build_synthetic_if_missing(data_dir, SYNTHETIC)
   ids = dummy_data_generation.write_fake_archives(manual_dir, "2017", {"official_train": 16}, max_side=40)
-  build = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", os.path.join(ROOT, "datasets", "isic"),
+  build = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+           os.path.join(ROOT, "datasets", "isic"),
            f"--config={json.dumps(FAKE_2017)}", f"--manual_dir={manual_dir}", f"--data_dir={data_dir}"]
   proc = subprocess.run(build, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,9 +141,10 @@ def test_evaluate_command(model_and_variables, data, tmp_path):
   with open(per_image) as f:
     rows = list(csv.DictReader(f))
   assert [r["image_id"] for r in rows] == [r["image_id"] for r in expected.per_image]
-  table = subprocess.run(cmd[:5] + ["--split=validation", cmd[6]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  table = subprocess.run(cmd[:5] + ["--split=validation", cmd[6]], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
   assert table.returncode == 0, table.stderr[-3000:]
-  assert "| miou | dsc | accuracy | sensitivity | specificity |" in table.stdout
+  assert "| mIoU (%) | DSC (%) | accuracy (%) | sensitivity (%) | specificity (%) |" in table.stdout
   both = subprocess.run(cmd[:4] + [f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert both.returncode != 0 and "exactly one of --workdir and --checkpoint" in both.stderr
 

@@ -34,8 +34,8 @@ def test_in_graph_normalisation_is_the_training_one():
                              preprocessing.normalize_image(images), atol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", export.FORMATS)
-@pytest.mark.parametrize("input_dtype", export.INPUT_DTYPES)
+# Each format with one input type here; the command test exports TFLite with uint8 input.
+@pytest.mark.parametrize("fmt, input_dtype", [("savedmodel", "uint8"), ("tflite", "float32")])
 def test_export_matches_jax(model_and_variables, tmp_path, fmt, input_dtype):
   model, variables = model_and_variables
   path = str(tmp_path / ("model.tflite" if fmt == "tflite" else "saved_model"))
@@ -77,6 +77,7 @@ def test_export_command_reports_size_difference_and_latency(model_and_variables,
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["size_bytes"] == os.path.getsize(out)
   assert report["max_abs_diff_vs_jax"] <= 1e-5
+  assert 0 <= report["jax_roundoff"] <= 1e-5  # a freshly initialised model amplifies round-off little
   assert report["latency_ms_median"] > 0 and report["input_dtype"] == "uint8" and report["batch_size"] == 1
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode != 0 and "--overwrite" in again.stderr

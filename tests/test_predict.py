@@ -57,7 +57,7 @@ def test_probabilities_follow_the_training_preprocessing(model_and_variables, se
   assert probs.shape == (90, 130) and probs.dtype == np.float32
   x = preprocessing.normalize_image(preprocessing.resize_image(image, SIZE))
   expected = np.asarray(model.apply(variables, x[None], train=False))[0, ..., 0]
-  expected = np.asarray(Image.fromarray(expected, mode="F").resize((130, 90), Image.BILINEAR))
+  expected = np.asarray(Image.fromarray(expected).resize((130, 90), Image.BILINEAR))
   np.testing.assert_allclose(probs, expected, atol=1e-5)
   mask = segmenter.segment(image)
   assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
