@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aulunet_jax import ops
 from aulunet_jax.models.layers import conv1x1, DepthwiseConv3x3, Dtype, PointConv, global_avg_pool
 
 GATES = ("channel", "equal", "spatial")
@@ -38,19 +39,24 @@ class AKF(nn.Module):
       raise ValueError(f"AKF gate must be one of {GATES}, got {self.gate!r}")
     if len(self.dilations) != 2:
       raise ValueError(f"AKF takes two dilations (local, dilated), got {tuple(self.dilations)}")
-    c = x.shape[-1]
-    local = DepthwiseConv3x3(self.dilations[0], dtype=self.dtype, name="dw_local")(x)
-    dilated = DepthwiseConv3x3(self.dilations[1], dtype=self.dtype, name="dw_dilated")(x)
-    if self.gate == "channel":
-      # Computed on (N, C) and broadcast back: keeps the gate a plain dense
-      # layer, which also exports cleanly to TFLite.
-      alpha = nn.sigmoid(conv1x1(c, c, use_bias=True, dtype=self.dtype, name="gate_conv")(global_avg_pool(x)))
-      alpha = alpha[:, None, None, :]
-    elif self.gate == "spatial":
-      alpha = nn.sigmoid(conv1x1(1, c, use_bias=True, dtype=self.dtype, name="gate_conv")(x))
+    n, c = x.shape[0], x.shape[-1]
+    dw_local = DepthwiseConv3x3(c, self.dilations[0], dtype=self.dtype, name="dw_local")
+    dw_dilated = DepthwiseConv3x3(c, self.dilations[1], dtype=self.dtype, name="dw_dilated")
+    if self.gate == "spatial":
+      alpha = nn.sigmoid(conv1x1(1, use_bias=True, dtype=self.dtype, name="gate_conv")(x))
+      dilated = dw_dilated(x)
+      fused = dilated + alpha * (dw_local(x) - dilated)
     else:
-      alpha = jnp.asarray(0.5, self.dtype)
-    fused = dilated + alpha * (local - dilated)
+      if self.gate == "channel":
+        # Computed on (N, C): keeps the gate a plain dense layer, which also
+        # exports cleanly to TFLite.
+        alpha = nn.sigmoid(conv1x1(c, use_bias=True, dtype=self.dtype, name="gate_conv")(global_avg_pool(x)))
+      else:
+        alpha = jnp.full((n, c), 0.5, self.dtype)
+      # One gate value per image and channel: both convolutions and the blend
+      # are one op (see ops.mixed_depthwise_conv3x3).
+      fused = ops.mixed_depthwise_conv3x3(x.astype(self.dtype), dw_local.kernel.astype(self.dtype),
+                                          dw_dilated.kernel.astype(self.dtype), alpha, *self.dilations)
     return PointConv(c, axis_name=self.axis_name, dtype=self.dtype, name="fuse_conv")(fused, train)
 
 
@@ -61,5 +67,5 @@ class PlainKernel(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = DepthwiseConv3x3(1, dtype=self.dtype, name="dw_local")(x)
+    y = DepthwiseConv3x3(x.shape[-1], 1, dtype=self.dtype, name="dw_local")(x)
     return PointConv(x.shape[-1], axis_name=self.axis_name, dtype=self.dtype, name="fuse_conv")(y, train)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from aulunet_jax import ops
 from aulunet_jax.models.akf import AKF, PlainKernel
-from aulunet_jax.models.layers import BatchNorm, Dtype, PointConv, avg_pool2x2, conv1x1, torch_kernel_init
+from aulunet_jax.models.layers import BatchNorm, Conv3x3, Dtype, PointConv, conv1x1
 from aulunet_jax.models.lsg import LSG
 from aulunet_jax.models.rgf import RGF
 
@@ -40,8 +40,8 @@ class Up(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    return PointConv(self.features, axis_name=self.axis_name, dtype=self.dtype, name="proj")(
-        ops.upsample2x_align_corners(x), train)
+    return PointConv(self.features, upsample_input=True, axis_name=self.axis_name, dtype=self.dtype,
+                     name="proj")(x, train)
 
 
 class AULUNet(nn.Module):
@@ -88,12 +88,11 @@ class AULUNet(nn.Module):
       kernel_block = functools.partial(PlainKernel, axis_name=self.axis_name, dtype=self.dtype)
 
     x = images.astype(self.dtype)
-    x = nn.Conv(widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, kernel_init=torch_kernel_init,
-                name="enc0_conv")(x)
+    x = Conv3x3(widths[0], dtype=self.dtype, name="enc0_conv")(x)
     x = nn.relu(BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="enc0_bn")(x, train))
     skips = [kernel_block(name="enc0_akfb")(x, train)]
     for i in range(1, 6):
-      x = kernel_block(name=f"enc{i}_akfb")(avg_pool2x2(skips[-1]), train)
+      x = kernel_block(name=f"enc{i}_akfb")(ops.avg_pool2x2(skips[-1]), train)
       skips.append(pointconv(widths[i], name=f"enc{i}_proj")(x, train))
 
     x = skips[5]
@@ -108,5 +107,5 @@ class AULUNet(nn.Module):
         x = x + skips[i]
       x = kernel_block(name=f"dec{i}_akfb")(x, train)
 
-    logits = conv1x1(self.num_classes, widths[0], use_bias=True, dtype=self.dtype, name="head")(x)
+    logits = conv1x1(self.num_classes, use_bias=True, dtype=self.dtype, name="head")(x)
     return nn.sigmoid(logits.astype(jnp.float32))

@@ -1,5 +1,7 @@
 """Building blocks shared by the models: PyTorch-faithful BatchNorm,
-PyTorch-default initialisers, PointConv and the depthwise 3x3 convolution."""
+PyTorch-default initialisers, 1x1 / 3x3 / depthwise 3x3 convolutions,
+PointConv and global average pooling. Their arithmetic goes through ``aulunet_jax.ops``
+(fast formulations with plain references)."""
 
 import math
 from typing import Any, Optional
@@ -54,13 +56,13 @@ class BatchNorm(nn.Module):
     running_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
     if train:
       xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      axes = tuple(range(x.ndim - 1))
       count = math.prod(x.shape[:-1])
       cross_replica = self.axis_name is not None and not self.is_initializing()
-      mean = jnp.mean(xf, axes)
+      mean = ops.channel_sum(xf) / count
       if cross_replica:
         mean = lax.pmean(mean, self.axis_name)
-      var = jnp.mean(jnp.square(xf - mean), axes)
+      centered = xf - ops.broadcast_channels(mean, x.shape)
+      var = ops.channel_sum(centered, centered) / count
       if cross_replica:
         var = lax.pmean(var, self.axis_name)
         count = count * lax.psum(1, self.axis_name)
@@ -73,50 +75,97 @@ class BatchNorm(nn.Module):
       mean, var = running_mean.value, running_var.value
     mul = scale * lax.rsqrt(var + self.epsilon)
     shift = bias - mean * mul
-    return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    return x * ops.broadcast_channels(mul.astype(self.dtype), x.shape) + ops.broadcast_channels(
+        shift.astype(self.dtype), x.shape)
 
 
-def conv1x1(features: int, fan_in: int, use_bias: bool = False, dtype: Dtype = jnp.float32,
-            name: Optional[str] = None) -> nn.Dense:
-  """1x1 convolution as a matmul over channels; kernel stored as (Cin, Cout)."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=torch_kernel_init,
-                  bias_init=torch_bias_init(fan_in), name=name)
+class Conv1x1(nn.Module):
+  """1x1 convolution over the last axis of (N, H, W, Cin) or (N, Cin).
+
+  ``x`` may also be a sequence of arrays, convolved as their concatenation
+  along channels (without writing the concatenation). Parameters as nn.Dense
+  keeps them (kernel (Cin, Cout), bias (Cout,)), initialised as
+  torch.nn.Conv2d does.
+  """
+  features: int
+  use_bias: bool = False
+  upsample_input: bool = False  # convolve the x2 bilinear (align_corners) upsampling of x
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    parts = tuple(x) if isinstance(x, (list, tuple)) else (x,)
+    fan_in = sum(p.shape[-1] for p in parts)
+    kernel = self.param("kernel", torch_kernel_init, (fan_in, self.features))
+    parts = tuple(p.astype(self.dtype) for p in parts)
+    if self.upsample_input:
+      (x,) = parts
+      y = ops.pointwise_conv_of_upsampled(x, kernel.astype(self.dtype))
+    else:
+      y = ops.pointwise_conv(parts, kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", torch_bias_init(fan_in), (self.features,)).astype(self.dtype)
+      y = y + (ops.broadcast_channels(bias, y.shape) if y.ndim == 4 else bias)
+    return y
+
+
+def conv1x1(features: int, use_bias: bool = False, upsample_input: bool = False, dtype: Dtype = jnp.float32,
+            name: Optional[str] = None) -> Conv1x1:
+  return Conv1x1(features, use_bias=use_bias, upsample_input=upsample_input, dtype=dtype, name=name)
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution, stride 1, zero padding 1, no bias; kernel (3, 3, Cin,
+  Cout) as nn.Conv keeps it, initialised as torch.nn.Conv2d does."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", torch_kernel_init, (3, 3, x.shape[-1], self.features))
+    return ops.conv3x3(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class PointConv(nn.Module):
-  """1x1 conv (no bias) -> BatchNorm -> ReLU (the reference's PointConv)."""
+  """1x1 conv (no bias) -> BatchNorm -> ReLU (the reference's PointConv).
+
+  With ``upsample_input`` the input is first upsampled x2 (bilinear,
+  align_corners=True), as in the decoder's up-projections.
+  """
   features: int
+  upsample_input: bool = False
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = conv1x1(self.features, x.shape[-1], dtype=self.dtype, name="conv")(x)
+    x = conv1x1(self.features, upsample_input=self.upsample_input, dtype=self.dtype, name="conv")(x)
     x = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="bn")(x, train)
     return nn.relu(x)
 
 
 class DepthwiseConv3x3(nn.Module):
-  """Depthwise 3x3 conv without bias, 'same' padding, given dilation."""
+  """Depthwise 3x3 conv without bias, 'same' padding, given dilation.
+
+  ``kernel`` (3, 3, C) is also read directly by blocks that fuse several
+  depthwise convolutions into one op (AKF).
+  """
+  features: int
   dilation: int = 1
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
+  def setup(self):
     # Depthwise: fan_in = 1 * 3 * 3.
-    kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
-                                                                   in_axis=(0, 1), out_axis=2), (3, 3, c))
-    return ops.depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.dilation)
+    self.kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
+                                                                        in_axis=(0, 1), out_axis=2),
+                             (3, 3, self.features))
+
+  def __call__(self, x):
+    return ops.depthwise_conv3x3(x.astype(self.dtype), self.kernel.astype(self.dtype), self.dilation)
 
 
 def global_avg_pool(x):
   """(N, H, W, C) -> (N, C), averaged in float32."""
-  return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2)).astype(x.dtype)
-
-
-def avg_pool2x2(x):
-  n, h, w, c = x.shape
-  if h % 2 or w % 2:
-    raise ValueError(f"2x2 average pooling needs even height and width, got {h}x{w}")
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return (ops.spatial_sum(xf) / (x.shape[1] * x.shape[2])).astype(x.dtype)

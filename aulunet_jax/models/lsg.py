@@ -24,6 +24,6 @@ class LSG(nn.Module):
     if decoder.shape != encoder.shape:
       raise ValueError(f"LSG needs decoder and encoder features of one shape, got {decoder.shape} "
                        f"and {encoder.shape}")
-    z = conv1x1(decoder.shape[-1], 2 * decoder.shape[-1], dtype=self.dtype, name="conv")(jnp.concatenate([decoder, encoder], -1))
+    z = conv1x1(decoder.shape[-1], dtype=self.dtype, name="conv")((decoder, encoder))
     gate = nn.sigmoid(BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="bn")(z, train))
     return decoder + gate * encoder

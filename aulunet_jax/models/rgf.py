@@ -18,5 +18,5 @@ class RGF(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    g = jnp.tanh(conv1x1(x.shape[-1], x.shape[-1], dtype=self.dtype, name="conv")(global_avg_pool(x)))
+    g = jnp.tanh(conv1x1(x.shape[-1], dtype=self.dtype, name="conv")(global_avg_pool(x)))
     return x + x * g[:, None, None, :]

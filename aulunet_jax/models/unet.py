@@ -53,5 +53,5 @@ class UNet(nn.Module):
       x = nn.ConvTranspose(f, (2, 2), strides=(2, 2), dtype=self.dtype, kernel_init=torch_kernel_init,
                            name=f"upconv{i}")(x)
       x = block(f, name=f"up{i}")(jnp.concatenate([skips[i], x], -1), train)
-    logits = conv1x1(self.num_classes, self.widths[0], use_bias=True, dtype=self.dtype, name="head")(x)
+    logits = conv1x1(self.num_classes, use_bias=True, dtype=self.dtype, name="head")(x)
     return nn.sigmoid(logits.astype(jnp.float32))
