@@ -49,20 +49,21 @@ def _bce_backward(residuals, grad):
 _bce.defvjp(_bce_forward, _bce_backward)
 
 
-def _flat(x):
-  """(N, ...) -> (N, pixels), in float32 at least (float64 stays float64)."""
-  return x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32))
+def _flat(probs, masks):
+  """Both (N, ...) -> (N, pixels), in one dtype: float32 at least (float64 stays float64)."""
+  dtype = jnp.result_type(probs, masks, jnp.float32)
+  return (probs.reshape(probs.shape[0], -1).astype(dtype), masks.reshape(masks.shape[0], -1).astype(dtype))
 
 
 def per_example_bce(probs, masks):
   """Mean BCE over the pixels of each example: (N, ...) -> (N,)."""
-  probs, masks = _flat(probs), _flat(masks)
+  probs, masks = _flat(probs, masks)
   return jnp.mean(_bce(probs, masks), axis=1)
 
 
 def per_example_dice_loss(probs, masks, smooth: float = 1.0):
   """1 - soft Dice of each example, with additive smoothing: (N, ...) -> (N,)."""
-  probs, masks = _flat(probs), _flat(masks)
+  probs, masks = _flat(probs, masks)
   intersection = jnp.sum(probs * masks, axis=1)
   dice = (2.0 * intersection + smooth) / (jnp.sum(probs, axis=1) + jnp.sum(masks, axis=1) + smooth)
   return 1.0 - dice

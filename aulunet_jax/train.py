@@ -115,16 +115,19 @@ def create_model(config: TrainConfig, axis_name: Optional[str] = "batch"):
                      **config.model_overrides)
 
 
-def create_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with torch's per-epoch cosine annealing.
+def create_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """AdamW whose hyperparameters live in its state (``opt_state.hyperparams``).
 
   optax.adamw, like torch.optim.AdamW, decays the weights by lr * wd * w
   (decoupled) and adds eps outside the square root; with no mask it decays
-  every parameter, BatchNorm scales and biases included, as the reference does.
+  every parameter, BatchNorm scales and biases included, as the reference
+  does. The rate is set each epoch by ``train_step``'s ``learning_rate``, as
+  torch's scheduler sets it once per epoch; being values rather than
+  constants of the compiled step, the hyperparameters can change without
+  recompiling it.
   """
-  schedule = schedules.per_epoch_cosine_annealing(config.learning_rate, steps_per_epoch, config.t_max,
-                                                  config.eta_min)
-  return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+  return optax.inject_hyperparams(optax.adamw)(learning_rate=config.learning_rate, b1=config.b1, b2=config.b2,
+                                               eps=config.eps, weight_decay=config.weight_decay)
 
 
 def create_train_state(rng, model, image_shape: Tuple[int, int, int], tx) -> TrainState:
@@ -135,12 +138,16 @@ def create_train_state(rng, model, image_shape: Tuple[int, int, int], tx) -> Tra
                            tx=tx)
 
 
-def train_step(state: TrainState, batch, bce_weight: float = 1.0, dice_weight: float = 1.0, threshold: float = 0.5):
-  """One optimisation step on this device's part of the global batch.
+def train_step(state: TrainState, batch, learning_rate, bce_weight: float = 1.0, dice_weight: float = 1.0,
+               threshold: float = 0.5):
+  """One optimisation step on this device's part of the global batch, at
+  ``learning_rate`` (the optimizer is ``create_optimizer``'s).
 
   Returns the new state and {'loss': loss of the global batch, 'confusion':
   its [TP, FP, FN, TN] at ``threshold``}.
   """
+  hyperparams = dict(state.opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+  state = state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
   def loss_fn(params):
     probs, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
@@ -298,13 +305,14 @@ class _EpochProgress:
             "images_per_second": self.images_per_second()}
 
 
-def _train_epoch(p_train_step, state, train_iter, steps: int, progress: _EpochProgress,
+def _train_epoch(p_train_step, state, train_iter, steps: int, learning_rate: float, progress: _EpochProgress,
                  last_checkpoint: Optional[str]):
   """Runs one epoch of ``steps`` steps; raises NonFiniteLossError naming
   ``last_checkpoint`` if the loss stops being finite."""
   pending = None
+  learning_rate = np.float32(learning_rate)
   for _ in range(steps):
-    state, step_metrics = p_train_step(state, next(train_iter))
+    state, step_metrics = p_train_step(state, next(train_iter), learning_rate)
     if pending is not None:
       progress.record(pending, last_checkpoint)
     pending = step_metrics
@@ -337,7 +345,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Dict[str, Any]:
 
   model = create_model(config)
   spec = checkpoints.model_spec(config.model, **config.model_overrides)
-  tx = create_optimizer(config, steps_per_epoch)
+  tx = create_optimizer(config)
   template = jax.device_get(create_train_state(jax.random.PRNGKey(config.seed), model, image_shape, tx))
   train_iter = input_pipeline.train_iterator(split=config.train_split, global_batch_size=config.global_batch_size,
                                              seed=config.seed, augment=config.augment,
@@ -359,7 +367,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Dict[str, Any]:
                    ckpts.path(checkpoints.LATEST), start_epoch, best["val_loss"], best["epoch"])
 
   step_kwargs = dict(bce_weight=config.bce_weight, dice_weight=config.dice_weight, threshold=config.threshold)
-  p_train_step = jax.pmap(functools.partial(train_step, **step_kwargs), axis_name="batch", donate_argnums=(0,))
+  p_train_step = jax.pmap(functools.partial(train_step, **step_kwargs), axis_name="batch", in_axes=(0, 0, None),
+                          donate_argnums=(0,))
   p_eval_step = jax.pmap(functools.partial(eval_step, **step_kwargs), axis_name="batch")
   eval_batches = lambda split: input_pipeline.eval_iterator(split=split, global_batch_size=config.eval_batch_size,
                                                             **data)
@@ -368,10 +377,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Dict[str, Any]:
     started = time.perf_counter()
     progress = _EpochProgress(epoch, config.epochs, steps_per_epoch, config.global_batch_size,
                               is_main and config.progress_bar)
-    state = _train_epoch(p_train_step, state, train_iter, steps_per_epoch, progress, ckpts.path(checkpoints.LATEST))
-    train_scores = progress.close()
-    train_scores["lr"] = float(schedules.cosine_annealing_lr(epoch - 1, config.learning_rate, config.t_max,
-                                                             config.eta_min))
+    learning_rate = float(schedules.cosine_annealing_lr(epoch - 1, config.learning_rate, config.t_max,
+                                                        config.eta_min))
+    state = _train_epoch(p_train_step, state, train_iter, steps_per_epoch, learning_rate, progress,
+                         ckpts.path(checkpoints.LATEST))
+    train_scores = dict(progress.close(), lr=learning_rate)
     val_scores, _ = evaluate(p_eval_step, state, eval_batches(config.val_split))
     full = epoch % config.val_interval == 0 or epoch == config.epochs
     val_logged = val_scores if full else {"loss": val_scores["loss"]}

@@ -15,6 +15,7 @@ Across processes (e.g. two machines), run on each:
 
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -84,6 +85,17 @@ def _project_info_and_all_warnings(record) -> bool:
   return record.levelno >= std_logging.WARNING or os.path.abspath(record.pathname).startswith(_PROJECT_DIRS)
 
 
+def _synthetic_config(dataset: str):
+  """The isic builder config that makes a synthetic ``dataset``: 'isic/synthetic'
+  is the builder's own config, 'isic/synthetic_<size>' the synthetic images
+  at <size> pixels (named as the data README names it); None for ISIC data."""
+  name = dataset.split(":")[0].partition("/")[2]
+  if name == "synthetic":
+    return name
+  size = re.fullmatch(r"synthetic_(\d+)", name)
+  return {"name": name, "source": "synthetic", "image_size": int(size.group(1))} if size else None
+
+
 def _model_overrides():
   overrides = {"use_akf": _USE_AKF.value, "use_rgf": _USE_RGF.value, "use_lsg": _USE_LSG.value,
                "akf_gate": _AKF_GATE.value}
@@ -111,8 +123,9 @@ def main(argv):
       val_interval=_VAL_INTERVAL.value, augment=_AUGMENT.value, worker_count=_WORKER_COUNT.value,
       num_figures=_NUM_FIGURES.value, progress_bar=_PROGRESS_BAR.value)
   try:
-    if config.dataset.split(":")[0] == "isic/synthetic":
-      input_pipeline.build_synthetic_if_missing(config.data_dir)
+    synthetic = _synthetic_config(config.dataset)
+    if synthetic is not None:
+      input_pipeline.build_synthetic_if_missing(config.data_dir, synthetic)
     if jax.process_index() == 0:
       os.makedirs(_WORKDIR.value, exist_ok=True)
       with open(os.path.join(_WORKDIR.value, "flags.txt"), "w") as f:
