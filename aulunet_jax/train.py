@@ -390,12 +390,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Dict[str, Any]:
     if val_scores["loss"] < best["val_loss"]:
       best = {"val_loss": val_scores["loss"], "epoch": epoch}
     meta = {"epoch": epoch, "best": best, "config": dataclasses.asdict(config), "image_shape": list(image_shape)}
+    # Metrics before checkpoints: a run killed in between redoes this epoch and
+    # logs it again; the other order would lose the epoch's metrics for good.
+    writer.write(epoch, "train", train_scores)
+    writer.write(epoch, config.val_split, val_logged)
     ckpts.save_latest(epoch, host_state, spec, meta, train_iter)
     if best["epoch"] == epoch:
       ckpts.save_best(epoch, host_state, spec, meta)
-
-    writer.write(epoch, "train", train_scores)
-    writer.write(epoch, config.val_split, val_logged)
     if is_main:
       logging.info("epoch %d/%d: train loss %.4f, train DSC %.4f, %s loss %.4f%s, lr %.3g, %.1f images/s, %.0f s%s",
                    epoch, config.epochs, train_scores["loss"], train_scores["dsc"], config.val_split,

@@ -108,4 +108,4 @@ class AULUNet(nn.Module):
       x = kernel_block(name=f"dec{i}_akfb")(x, train)
 
     logits = conv1x1(self.num_classes, use_bias=True, dtype=self.dtype, name="head")(x)
-    return nn.sigmoid(logits.astype(jnp.float32))
+    return nn.sigmoid(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))  # float32 at least

@@ -54,4 +54,4 @@ class UNet(nn.Module):
                            name=f"upconv{i}")(x)
       x = block(f, name=f"up{i}")(jnp.concatenate([skips[i], x], -1), train)
     logits = conv1x1(self.num_classes, use_bias=True, dtype=self.dtype, name="head")(x)
-    return nn.sigmoid(logits.astype(jnp.float32))
+    return nn.sigmoid(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))  # float32 at least
