@@ -17,6 +17,10 @@ compiled program accesses, over the bandwidth measured on this machine (an
 element-wise pass over a large array), is the shortest time the program
 could take if it only moved data; the ratio to the measured time is the
 fraction of that limit reached.
+
+Like the other launch scripts, it runs with glibc's huge-page tunable for
+malloc (``aulunet_jax.huge_pages``), which both sides profit from; the
+machine description records ``GLIBC_TUNABLES``.
 """
 
 import json
@@ -26,6 +30,8 @@ import statistics
 import time
 
 from absl import app, flags
+
+from aulunet_jax import huge_pages
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step and per inference batch.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Square input size in pixels.")
@@ -235,6 +241,7 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
       "jax_devices": [str(d) for d in jax.local_devices()],
       "torch": torch_version,
       "torch_threads": torch_threads if torch_measured else None,
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages for both sides (aulunet_jax.huge_pages)
   }
   return result
 
@@ -246,7 +253,8 @@ def _table(r) -> str:
   m = r["machine"]
   lines = [
       f"{m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} CPUs; jax {m['jax']}, torch {m['torch'] or '-'}"
-      f" ({m['torch_threads'] or '-'} threads); batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, float32",
+      f" ({m['torch_threads'] or '-'} threads); batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, float32;"
+      f" GLIBC_TUNABLES={m['glibc_tunables'] or '-'}",
       "",
       f"{'':28}{'JAX':>12}{'PyTorch':>12}{'ratio':>10}",
       f"{'training (images/s)':28}{r['jax_train_ips']:>12.2f}{cell(r['torch_train_ips'], '.2f'):>12}"
@@ -276,4 +284,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.relaunch_with_huge_pages()
   app.run(main)

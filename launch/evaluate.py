@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags
 
+from aulunet_jax import huge_pages
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is evaluated).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Inference or training checkpoint.")
 _DATASET = flags.DEFINE_string("dataset", "isic/2017", "Prepared dataset, e.g. isic/2017, isic/2018, isic/synthetic.")
@@ -63,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.relaunch_with_huge_pages()
   app.run(main)

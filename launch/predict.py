@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from aulunet_jax import huge_pages
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Inference checkpoint, training checkpoint or training workdir.",
                                   required=True)
 _INPUT = flags.DEFINE_list("input", None, "Image files and/or directories, comma-separated.", required=True)
@@ -61,4 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.relaunch_with_huge_pages()
   app.run(main)

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags, logging
 
+from aulunet_jax import huge_pages
+
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 _PROJECT_DIRS = (LAUNCH_DIR, os.path.join(os.path.dirname(LAUNCH_DIR), "aulunet_jax"))
 
@@ -141,6 +143,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  huge_pages.relaunch_with_huge_pages()
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_project_info_and_all_warnings)
   app.run(main, argv=resolve_flagfiles(sys.argv))
