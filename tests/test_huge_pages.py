@@ -43,3 +43,12 @@ def test_relaunch_reexecutes_the_same_command_in_the_same_process():
     return
   pid = out[0].split()[1]
   assert out[:3] == [f"start {pid}", f"start {pid}", f"running {pid} glibc.malloc.hugetlb=1 ['--flag=x']"]
+
+
+def test_the_launch_scripts_reexecute_before_jax_is_loaded():
+  # Importing the package (as the launch scripts do before re-executing)
+  # must not load JAX: it would be loaded twice. Its top-level names load it.
+  code = ("import sys; import aulunet_jax.huge_pages; before = 'jax' in sys.modules; "
+          "import aulunet_jax; aulunet_jax.AULUNet; print(before, 'jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.split() == ["False", "True"]
