@@ -83,7 +83,12 @@ def pixel_outer_sum(x, g):
   return lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
 
 
+_MATERIALIZE_FROM_COUT = 10
+
+
 def _forward(parts, kernel):
+  if kernel.shape[1] >= _MATERIALIZE_FROM_COUT:
+    parts = tuple(materialize(p) for p in parts)
   return functools.reduce(jnp.add, [multiply_add(p, k) for p, k in zip(parts, _row_blocks(parts, kernel))])
 
 
