@@ -68,7 +68,8 @@ def test_mixed_depthwise_is_the_gated_blend_of_two_convolutions():
   np.testing.assert_allclose(mixed[0, ..., 1], local[0, ..., 1], atol=1e-6)  # alpha = 1: local only
 
 
-@pytest.mark.parametrize("cin,cout", [(5, 5), (10, 5), (3, 1), (20, 30)])  # the last takes the matrix-product path
+# (20, 10) reads its inputs from memory; (20, 30) takes the matrix-product path.
+@pytest.mark.parametrize("cin,cout", [(5, 5), (10, 5), (3, 1), (20, 10), (20, 30)])
 def test_pointwise_matches_reference(cin, cout):
   _check_against_reference(ops.pointwise_conv, (_rand(0, (2, 8, 6, cin)), _rand(1, (cin, cout))))
 
