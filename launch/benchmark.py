@@ -24,6 +24,7 @@ machine description records ``GLIBC_TUNABLES``.
 """
 
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -118,6 +119,18 @@ class _JaxSide:
     self.infer_one = forward.lower(self.variables, self.image).compile()
     self.infer_bytes = _bytes_accessed(self.infer)
 
+  def info(self):
+    jax = self.jax
+    return {
+        "compile_s": self.compile_s,
+        "train_bytes": self.train_bytes,
+        "infer_bytes": self.infer_bytes,
+        "bandwidth_gbs": _memory_bandwidth_gbs(jax, jax.numpy),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "jax_devices": [str(d) for d in jax.local_devices()],
+    }
+
   def train(self):
     self.state, metrics = self.train_step(self.state, self.batch, self.learning_rate)
     self.jax.block_until_ready(metrics)
@@ -146,6 +159,9 @@ class _TorchSide:
     self.masks = torch.from_numpy(masks).permute(0, 3, 1, 2).contiguous()
     self.image = self.images[:1].contiguous()
 
+  def info(self):
+    return {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads()}
+
   def train(self):
     torch = self.torch
     self.model.train()
@@ -168,42 +184,83 @@ class _TorchSide:
       self.model(self.image)
 
 
+def _serve_side(kind: str, images, masks, torch_threads: int, conn):
+  """A side's own process: builds the side, reports its info, then times the
+  requested method (``(name, steps)``) until it receives None."""
+  try:
+    side = _JaxSide(images, masks) if kind == "jax" else _TorchSide(images, masks, torch_threads)
+  except ImportError as e:
+    conn.send({"unavailable": str(e)})
+    return
+  conn.send(side.info())
+  for request in iter(conn.recv, None):
+    method, steps = request
+    fn = getattr(side, method)
+    conn.send([_timed(fn) for _ in range(steps)])
+
+
+class _SideProcess:
+  """Handle on a side running in a freshly spawned interpreter."""
+
+  def __init__(self, kind: str, images, masks, torch_threads: int):
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child = ctx.Pipe()
+    self._process = ctx.Process(target=_serve_side, args=(kind, images, masks, torch_threads, child), daemon=True)
+    self._process.start()
+    child.close()
+    try:
+      self.info = self._conn.recv()
+    except EOFError:
+      raise RuntimeError(f"the {kind} side of the benchmark exited while setting up "
+                         f"(exit code {self._process.join() or self._process.exitcode})") from None
+
+  @property
+  def available(self) -> bool:
+    return "unavailable" not in self.info
+
+  def time(self, method: str, steps: int):
+    self._conn.send((method, steps))
+    return self._conn.recv()
+
+  def close(self):
+    self._conn.send(None)
+    self._process.join()
+
+
 def _alternating_medians(sides, method: str, rounds: int, steps: int):
   """Median seconds per call of ``method`` for each side, timed in turns."""
   for side in sides:  # warm-up
-    getattr(side, method)()
+    side.time(method, 1)
   times = [[] for _ in sides]
   for _ in range(rounds):
     for side, record in zip(sides, times):
-      fn = getattr(side, method)
-      record.extend(_timed(fn) for _ in range(steps))
+      record.extend(side.time(method, steps))
   return [statistics.median(t) for t in times]
 
 
 def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads: int, skip_torch: bool):
-  import jax
-  import jax.numpy as jnp
   import numpy as np
 
   rng = np.random.RandomState(0)
   images = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype(np.float32)
   masks = (rng.uniform(0, 1, (batch_size, image_size, image_size, 1)) > 0.5).astype(np.float32)
 
-  jax_side = _JaxSide(images, masks)
+  # One after the other, so that compilation does not compete with set-up.
+  jax_side = _SideProcess("jax", images, masks, torch_threads)
   sides = [jax_side]
-  torch_version = None
   if not skip_torch:
-    try:
-      import torch
-      torch_version = torch.__version__
-      sides.append(_TorchSide(images, masks, torch_threads))
-    except ImportError:
-      pass
-
-  train_s = _alternating_medians(sides, "train", rounds, steps)
-  infer_s = _alternating_medians(sides, "infer_batch", rounds, steps)
-  latency_s = _alternating_medians(sides, "infer_single", rounds, 3 * steps)
-  bandwidth = _memory_bandwidth_gbs(jax, jnp)
+    torch_side = _SideProcess("torch", images, masks, torch_threads)
+    if torch_side.available:
+      sides.append(torch_side)
+  try:
+    train_s = _alternating_medians(sides, "train", rounds, steps)
+    infer_s = _alternating_medians(sides, "infer_batch", rounds, steps)
+    latency_s = _alternating_medians(sides, "infer_single", rounds, 3 * steps)
+  finally:
+    for side in sides:
+      side.close()
+  info = jax_side.info
+  bandwidth = info["bandwidth_gbs"]
 
   result = {
       "batch_size": batch_size,
@@ -211,14 +268,14 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
       "jax_train_ips": batch_size / train_s[0],
       "jax_infer_ips": batch_size / infer_s[0],
       "jax_latency_ms": 1e3 * latency_s[0],
-      "jax_train_compile_s": jax_side.compile_s,
+      "jax_train_compile_s": info["compile_s"],
       "jax_train_step_ms": 1e3 * train_s[0],
       "jax_infer_batch_ms": 1e3 * infer_s[0],
       "memory_bandwidth_gbs": bandwidth,
-      "jax_train_bytes_per_step": jax_side.train_bytes,
-      "jax_infer_bytes_per_batch": jax_side.infer_bytes,
-      "train_bandwidth_bound_ms": 1e3 * jax_side.train_bytes / (bandwidth * 1e9),
-      "infer_bandwidth_bound_ms": 1e3 * jax_side.infer_bytes / (bandwidth * 1e9),
+      "jax_train_bytes_per_step": info["train_bytes"],
+      "jax_infer_bytes_per_batch": info["infer_bytes"],
+      "train_bandwidth_bound_ms": 1e3 * info["train_bytes"] / (bandwidth * 1e9),
+      "infer_bandwidth_bound_ms": 1e3 * info["infer_bytes"] / (bandwidth * 1e9),
   }
   result["train_fraction_of_bound"] = result["train_bandwidth_bound_ms"] / result["jax_train_step_ms"]
   result["infer_fraction_of_bound"] = result["infer_bandwidth_bound_ms"] / result["jax_infer_batch_ms"]
@@ -236,11 +293,11 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
       "logical_cpus": os.cpu_count(),
       "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
       "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-      "jax_devices": [str(d) for d in jax.local_devices()],
-      "torch": torch_version,
-      "torch_threads": torch_threads if torch_measured else None,
+      "jax": info["jax"],
+      "jaxlib": info["jaxlib"],
+      "jax_devices": info["jax_devices"],
+      "torch": sides[1].info["torch"] if torch_measured else None,
+      "torch_threads": sides[1].info["torch_threads"] if torch_measured else None,
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages for both sides (aulunet_jax.huge_pages)
   }
   return result
