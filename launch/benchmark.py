@@ -8,9 +8,10 @@ the library's own pmapped ``train.train_step``, as ``launch.train`` runs it;
 inference throughput at ``--batch_size``; single-image latency; and the
 compile time of the JAX training step. PyTorch (the reference model of
 ``aulunet_jax.torch_reference``, with ``torch.set_num_threads``) is measured
-when it is installed. The two are timed in alternation, round by round, so
-that both see the same machine load; warm-up steps are excluded and the
-figures are medians over the rounds.
+when it is installed. Each side runs in a freshly spawned process of its own
+(with both in one process, JAX inference ran 30 % slower); the two are timed
+in alternation, round by round, so that both see the same machine load;
+warm-up steps are excluded and the figures are medians over the rounds.
 
 Alongside, a memory-bandwidth bound: the bytes XLA's cost analysis says the
 compiled program accesses, over the bandwidth measured on this machine (an
