@@ -45,6 +45,7 @@ from aulunet_jax.ops.switch import using_reference
 Inputs = Union[jax.Array, Sequence[jax.Array]]
 
 _MAX_UNROLLED = 256
+_MATERIALIZE_FROM_COUT = 10
 
 
 def _parts(inputs: Inputs):
@@ -89,9 +90,6 @@ def pixel_outer_sum(x, g):
   A matrix product with a long contraction, which XLA's library does well
   (unlike the short one of the forward pass)."""
   return lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
-
-
-_MATERIALIZE_FROM_COUT = 10
 
 
 def _forward(parts, kernel):
