@@ -37,7 +37,9 @@ def count_params(variables: Any) -> int:
   return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def _cost(compiled) -> Dict[str, float]:
+def compiled_cost(compiled) -> Dict[str, float]:
+  """XLA's cost analysis of a compiled computation, as one dict (``flops``,
+  ``bytes accessed``, ...)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
     cost = cost[0]
@@ -112,7 +114,7 @@ def count_flops(model, variables, input_shape: Sequence[int] = (256, 256, 3), ba
   images = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
   with ops.reference_ops():
     lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images)
-  cost = _cost(lowered.compile())
+  cost = compiled_cost(lowered.compile())
   flops = float(cost.get("flops", 0.0))
   skipped = skipped_window_macs(lowered.as_text())
   return {

@@ -78,13 +78,6 @@ def _memory_bandwidth_gbs(jax, jnp) -> float:
   return 2 * nbytes / statistics.median(times) / 1e9
 
 
-def _bytes_accessed(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float((cost or {}).get("bytes accessed", 0.0))
-
-
 class _JaxSide:
   """The library's pmapped training step and a jitted inference forward."""
 
@@ -93,7 +86,7 @@ class _JaxSide:
     import jax.numpy as jnp
     from flax import jax_utils
 
-    from aulunet_jax import train
+    from aulunet_jax import flops, train
 
     self.jax = jax
     config = train.TrainConfig(global_batch_size=images.shape[0])
@@ -109,7 +102,7 @@ class _JaxSide:
     self.train_step = p_train_step.lower(self.state, self.batch, config.learning_rate).compile()
     self.compile_s = time.perf_counter() - start
     self.learning_rate = config.learning_rate
-    self.train_bytes = _bytes_accessed(self.train_step) / devices
+    self.train_bytes = float(flops.compiled_cost(self.train_step).get("bytes accessed", 0.0)) / devices
 
     inference_model = train.create_model(config, axis_name=None)
     self.variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -118,7 +111,7 @@ class _JaxSide:
     self.image = self.images[:1]
     self.infer = forward.lower(self.variables, self.images).compile()
     self.infer_one = forward.lower(self.variables, self.image).compile()
-    self.infer_bytes = _bytes_accessed(self.infer)
+    self.infer_bytes = float(flops.compiled_cost(self.infer).get("bytes accessed", 0.0))
 
   def info(self):
     jax = self.jax
@@ -212,8 +205,9 @@ class _SideProcess:
     try:
       self.info = self._conn.recv()
     except EOFError:
+      self._process.join()
       raise RuntimeError(f"the {kind} side of the benchmark exited while setting up "
-                         f"(exit code {self._process.join() or self._process.exitcode})") from None
+                         f"(exit code {self._process.exitcode})") from None
 
   @property
   def available(self) -> bool:

@@ -2,18 +2,17 @@
 asserts on speed)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import train_helpers
 
 
 def test_benchmark_times_both_sides_and_reports_json():
   out = subprocess.run([sys.executable, "-m", "launch.benchmark", "--batch_size=2", "--image_size=32", "--rounds=2",
-                        "--steps_per_round=1", "--format=json"], cwd=ROOT, capture_output=True, text=True,
+                        "--steps_per_round=1", "--format=json"], cwd=train_helpers.ROOT, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
