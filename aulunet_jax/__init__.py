@@ -1,7 +1,7 @@
 """aulunet_jax: AULUNet (BMVC 2025) skin-lesion segmentation in JAX/Flax.
 
 The top-level names are imported on first use, so that ``import aulunet_jax``
-(and importing a light submodule such as ``aulunet_jax.huge_pages``, which
+(and importing a light submodule such as ``aulunet_jax.allocator``, which
 the launch scripts do before they re-execute themselves) does not load JAX.
 """
 

@@ -19,9 +19,9 @@ element-wise pass over a large array), is the shortest time the program
 could take if it only moved data; the ratio to the measured time is the
 fraction of that limit reached.
 
-Like the other launch scripts, it runs with glibc's huge-page tunable for
-malloc (``aulunet_jax.huge_pages``), which both sides profit from; the
-machine description records ``GLIBC_TUNABLES``.
+Like the other launch scripts, it runs with the allocator of
+``aulunet_jax.allocator`` (mimalloc where installed), which both sides
+profit from; the machine description records it.
 """
 
 import json
@@ -33,7 +33,7 @@ import time
 
 from absl import app, flags
 
-from aulunet_jax import huge_pages
+from aulunet_jax import allocator
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step and per inference batch.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 256, "Square input size in pixels.")
@@ -42,6 +42,13 @@ _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 3, "Steps timed per s
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the PyTorch side.")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Measure the JAX side only.")
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
+
+
+def _allocator_description() -> str:
+  preload = os.environ.get("LD_PRELOAD", "")
+  if "libmimalloc" in preload:
+    return f"mimalloc (MIMALLOC_PURGE_DELAY={os.environ.get('MIMALLOC_PURGE_DELAY', 'default')})"
+  return f"malloc (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})"
 
 
 def _cpu_model() -> str:
@@ -293,7 +300,8 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
       "jax_devices": info["jax_devices"],
       "torch": sides[1].info["torch"] if torch_measured else None,
       "torch_threads": sides[1].info["torch_threads"] if torch_measured else None,
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages for both sides (aulunet_jax.huge_pages)
+      # for both sides (aulunet_jax.allocator)
+      "allocator": _allocator_description(),
   }
   return result
 
@@ -306,7 +314,7 @@ def _table(r) -> str:
   lines = [
       f"{m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} CPUs; jax {m['jax']}, torch {m['torch'] or '-'}"
       f" ({m['torch_threads'] or '-'} threads); batch {r['batch_size']}, {r['image_size']}x{r['image_size']}, float32;"
-      f" GLIBC_TUNABLES={m['glibc_tunables'] or '-'}",
+      f" allocator: {m['allocator']}",
       "",
       f"{'':28}{'JAX':>12}{'PyTorch':>12}{'ratio':>10}",
       f"{'training (images/s)':28}{r['jax_train_ips']:>12.2f}{cell(r['torch_train_ips'], '.2f'):>12}"
@@ -336,5 +344,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.relaunch_with_huge_pages()
+  allocator.relaunch_with_fast_allocator()
   app.run(main)

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from aulunet_jax import huge_pages
+from aulunet_jax import allocator
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is evaluated).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Inference or training checkpoint.")
@@ -65,5 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.relaunch_with_huge_pages()
+  allocator.relaunch_with_fast_allocator()
   app.run(main)

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from aulunet_jax import huge_pages
+from aulunet_jax import allocator
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Inference checkpoint, training checkpoint or training workdir.",
                                   required=True)
@@ -63,5 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.relaunch_with_huge_pages()
+  allocator.relaunch_with_fast_allocator()
   app.run(main)

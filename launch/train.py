@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from aulunet_jax import huge_pages
+from aulunet_jax import allocator
 
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 _PROJECT_DIRS = (LAUNCH_DIR, os.path.join(os.path.dirname(LAUNCH_DIR), "aulunet_jax"))
@@ -143,7 +143,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  huge_pages.relaunch_with_huge_pages()
+  allocator.relaunch_with_fast_allocator()
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_project_info_and_all_warnings)
   app.run(main, argv=resolve_flagfiles(sys.argv))
