@@ -10,7 +10,7 @@ median wall time per step:
   glibc malloc                    ~150 ms (87,000 faults)   training 275 ms
   glibc, glibc.malloc.hugetlb=1   45-67 ms                  training 205-260 ms
                                   10-16 ms                  inference 44-47 ms
-  mimalloc, never purging         1-3 ms                    training 180-195 ms
+  mimalloc, never purging         1-3 ms                    training 180-183 ms
                                   1-2 ms                    inference 41-42 ms
 
 mimalloc (the ``cmeel-mimalloc`` wheel, a dependency on Linux) keeps freed
