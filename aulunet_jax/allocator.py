@@ -64,15 +64,17 @@ def mimalloc_library() -> Optional[str]:
   return next((p for p in paths if os.path.exists(p)), None)
 
 
-def _choice(environ: Mapping[str, str]) -> str:
+def _choice(environ: Mapping[str, str], library: Optional[str]) -> str:
   wanted = environ.get(VARIABLE, "")
   if wanted and wanted not in CHOICES:
     raise ValueError(f"{VARIABLE}={wanted!r}: choose one of {', '.join(CHOICES)}")
   if not _glibc_linux():
     return "system"
+  if wanted == "mimalloc" and library is None:
+    raise ValueError(f"{VARIABLE}=mimalloc, but cmeel-mimalloc is not installed (pip install cmeel-mimalloc)")
   if wanted:
     return wanted
-  if mimalloc_library():
+  if library:
     return "mimalloc"
   return "hugetlb" if _transparent_huge_pages_available() else "system"
 
@@ -81,12 +83,10 @@ def relaunch_environment(environ: Optional[Mapping[str, str]] = None):
   """The environment to re-execute with, or None when the process already
   runs with the chosen allocator (or cannot change it)."""
   environ = dict(os.environ if environ is None else environ)
-  choice = _choice(environ)
+  library = mimalloc_library()
+  choice = _choice(environ, library)
   env = dict(environ)
   if choice == "mimalloc":
-    library = mimalloc_library()
-    if library is None:
-      raise ValueError(f"{VARIABLE}=mimalloc, but cmeel-mimalloc is not installed (pip install cmeel-mimalloc)")
     preload = environ.get("LD_PRELOAD", "")
     if library not in preload.split(":"):
       env["LD_PRELOAD"] = ":".join(p for p in (library, preload) if p)
@@ -96,6 +96,14 @@ def relaunch_environment(environ: Optional[Mapping[str, str]] = None):
     if TUNABLE not in tunables:  # set to either value already: =0 is how a user opts out
       env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"{TUNABLE}=1") if t)
   return None if env == environ else env
+
+
+def describe(environ: Optional[Mapping[str, str]] = None) -> str:
+  """The allocator this process runs with, in words (for reports)."""
+  environ = os.environ if environ is None else environ
+  if "libmimalloc" in environ.get("LD_PRELOAD", ""):
+    return f"mimalloc (MIMALLOC_PURGE_DELAY={environ.get('MIMALLOC_PURGE_DELAY', 'default')})"
+  return f"malloc (GLIBC_TUNABLES={environ.get('GLIBC_TUNABLES', '')})"
 
 
 def relaunch_with_fast_allocator() -> None:

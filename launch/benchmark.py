@@ -44,13 +44,6 @@ _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Measure the JAX side only.
 _FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
 
 
-def _allocator_description() -> str:
-  preload = os.environ.get("LD_PRELOAD", "")
-  if "libmimalloc" in preload:
-    return f"mimalloc (MIMALLOC_PURGE_DELAY={os.environ.get('MIMALLOC_PURGE_DELAY', 'default')})"
-  return f"malloc (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')})"
-
-
 def _cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -300,8 +293,7 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
       "jax_devices": info["jax_devices"],
       "torch": sides[1].info["torch"] if torch_measured else None,
       "torch_threads": sides[1].info["torch_threads"] if torch_measured else None,
-      # for both sides (aulunet_jax.allocator)
-      "allocator": _allocator_description(),
+      "allocator": allocator.describe(),  # both sides run with it
   }
   return result
 

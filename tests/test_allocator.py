@@ -23,6 +23,7 @@ def test_mimalloc_is_preloaded_once_with_a_purge_delay(linux, monkeypatch):
   env = allocator.relaunch_environment({"A": "1", "LD_PRELOAD": "/x.so"})
   assert env == {"A": "1", "LD_PRELOAD": "/lib/libmimalloc.so.3:/x.so", "MIMALLOC_PURGE_DELAY": "-1"}
   assert allocator.relaunch_environment(env) is None  # the re-executed process does not re-execute
+  assert allocator.describe(env) == "mimalloc (MIMALLOC_PURGE_DELAY=-1)"
   # A user's own purge delay is kept.
   env = allocator.relaunch_environment({"MIMALLOC_PURGE_DELAY": "0"})
   assert env == {"LD_PRELOAD": "/lib/libmimalloc.so.3", "MIMALLOC_PURGE_DELAY": "0"}
@@ -33,6 +34,8 @@ def test_huge_pages_without_mimalloc_and_the_opt_outs(linux, monkeypatch):
   assert allocator.relaunch_environment({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
   env = allocator.relaunch_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  assert allocator.describe({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == \
+      "malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
   # The tunable already set, to either value: nothing to do (=0 opts out).
   assert allocator.relaunch_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
   assert allocator.relaunch_environment({"AULUNET_JAX_ALLOCATOR": "system"}) is None
