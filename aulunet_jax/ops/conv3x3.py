@@ -45,11 +45,11 @@ def _correlate(padded, shape, kernel):
 
 @jax.custom_vjp
 def _conv(x, kernel):
-  return _correlate(fusion.pad(x, 1), x.shape, kernel)
+  return _correlate(fusion.pad(x, 1, columns=True), x.shape, kernel)
 
 
 def _conv_fwd(x, kernel):
-  padded = fusion.pad(x, 1)
+  padded = fusion.pad(x, 1, columns=True)
   return _correlate(padded, x.shape, kernel), (padded, kernel)
 
 
@@ -57,7 +57,7 @@ def _conv_bwd(residuals, g):
   padded, kernel = residuals
   g = materialize(g)  # read at every tap
   _, _, cin, cout = kernel.shape
-  dx = _correlate(fusion.pad(g, 1), g.shape, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+  dx = _correlate(fusion.pad(g, 1, columns=True), g.shape, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
   views = fusion.windows(padded, (*g.shape[:-1], cin), _TAPS)
   dk = jnp.stack([pixel_outer_sum(v, g) for v in views]).reshape(3, 3, cin, cout)
   return dx, dk.astype(kernel.dtype)

@@ -16,6 +16,19 @@ into that one write. The reshaped view keeps XLA's simplifier from replacing
 the slice of the pad that is exactly the unpadded input by the (unmaterialised)
 input itself. (``lax.optimization_barrier`` is removed before fusion on CPU,
 so it does not help here.)
+
+Where the pad goes matters as much. A fused pad tests every output index
+against the padding, and on the channel and width axes that test sits in the
+innermost loop: LLVM then emits scalar code for the whole fusion (seen in
+the dumped IR: not one vector instruction in the stem's or AKF's padded
+write). Padding rows only keeps the test in an outer loop, which LLVM hoists,
+and the fusion vectorises. So ``pad`` adds zero rows and lays the rows out
+flat, one after the other; a window shifted sideways then starts inside the
+neighbouring row, and ``windows`` zeroes those columns with a select.
+``pad(x, width, columns=True)`` also adds zero columns and needs no select:
+the stem uses it (its 27 windows of a 3-channel input ran faster so: batch-8
+inference 32 ms with it against 38 ms with row padding; 40 ms with both
+everywhere).
 """
 
 from typing import Sequence, Tuple
@@ -24,18 +37,43 @@ import jax
 import jax.numpy as jnp
 
 
-def pad(x: jax.Array, width: int) -> jax.Array:
-  """(N, H, W, C) x zero-padded by ``width`` on both sides of H and W, as the
-  (N, H + 2 width, (W + 2 width) * C) view that ``windows`` reads."""
+def pad(x: jax.Array, width: int, columns: bool = False) -> jax.Array:
+  """(N, H, W, C) x zero-padded for windows reaching ``width`` pixels out.
+
+  Row layout (default): 2 ``width`` zero rows above and below (at least
+  one), as the flat (N, (H + 2 rows) * W * C) view; the extra rows keep a
+  window that starts ``width`` columns left of row 0 inside the array, even
+  in an image narrower than ``width``. Column layout
+  (``columns=True``): ``width`` zeros on all four sides, as the
+  (N, H + 2 width, (W + 2 width) * C) view.
+  """
   n, h, w, c = x.shape
-  return jnp.pad(x, ((0, 0), (width, width), (width, width), (0, 0))).reshape(n, h + 2 * width, (w + 2 * width) * c)
+  if columns:
+    return jnp.pad(x, ((0, 0), (width, width), (width, width), (0, 0))).reshape(n, h + 2 * width,
+                                                                               (w + 2 * width) * c)
+  rows = max(2 * width, 1)
+  return jnp.pad(x, ((0, 0), (rows, rows), (0, 0), (0, 0))).reshape(n, (h + 2 * rows) * w * c)
 
 
 def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]]):
   """For each (i, j) in ``offsets``, the window of ``shape`` (N, H, W, C)
-  starting at row i, column j of a ``pad``-ded array."""
+  starting at row i, column j of the zero-padded x that ``padded`` (from
+  ``pad``, either layout) holds."""
   n, h, w, c = shape
-  return [padded[:, i:i + h, j * c:(j + w) * c].reshape(n, h, w, c) for i, j in offsets]
+  if padded.ndim == 3:  # column layout
+    return [padded[:, i:i + h, j * c:(j + w) * c].reshape(n, h, w, c) for i, j in offsets]
+  rows = (padded.shape[1] // (w * c) - h) // 2
+  width = rows // 2
+  columns = jnp.arange(w)[None, None, :, None]
+  views = []
+  for i, j in offsets:
+    dy, dx = i - width, j - width
+    start = ((rows + dy) * w + dx) * c
+    view = padded[:, start:start + h * w * c].reshape(n, h, w, c)
+    if dx:  # columns that fell into the neighbouring row read zeros
+      view = jnp.where((columns + dx >= 0) & (columns + dx < w), view, jnp.zeros((), view.dtype))
+    views.append(view)
+  return views
 
 
 def padded_windows(x: jax.Array, width: int, offsets: Sequence[Tuple[int, int]]):
@@ -49,5 +87,5 @@ def materialize(x: jax.Array) -> jax.Array:
   recomputed by) each of its readers."""
   if x.ndim != 4:
     return x
-  (view,) = padded_windows(x, 1, [(1, 1)])
+  (view,) = padded_windows(x, 0, [(0, 0)])
   return view
