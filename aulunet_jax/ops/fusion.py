@@ -41,7 +41,7 @@ def pad(x: jax.Array, width: int, columns: bool = False) -> jax.Array:
   """(N, H, W, C) x zero-padded for windows reaching ``width`` pixels out.
 
   Row layout (default): 2 ``width`` zero rows above and below (at least
-  one), as the flat (N, (H + 2 rows) * W * C) view; the extra rows keep a
+  one), as the (N, (H + 2 rows) * W, C) view of pixels in row order; the extra rows keep a
   window that starts ``width`` columns left of row 0 inside the array, even
   in an image narrower than ``width``. Column layout
   (``columns=True``): ``width`` zeros on all four sides, as the
@@ -52,7 +52,7 @@ def pad(x: jax.Array, width: int, columns: bool = False) -> jax.Array:
     return jnp.pad(x, ((0, 0), (width, width), (width, width), (0, 0))).reshape(n, h + 2 * width,
                                                                                (w + 2 * width) * c)
   rows = max(2 * width, 1)
-  return jnp.pad(x, ((0, 0), (rows, rows), (0, 0), (0, 0))).reshape(n, (h + 2 * rows) * w * c)
+  return jnp.pad(x, ((0, 0), (rows, rows), (0, 0), (0, 0))).reshape(n, (h + 2 * rows) * w, c)
 
 
 def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]]):
@@ -60,16 +60,16 @@ def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]]):
   starting at row i, column j of the zero-padded x that ``padded`` (from
   ``pad``, either layout) holds."""
   n, h, w, c = shape
-  if padded.ndim == 3:  # column layout
+  if padded.shape[-1] != c:  # column layout
     return [padded[:, i:i + h, j * c:(j + w) * c].reshape(n, h, w, c) for i, j in offsets]
-  rows = (padded.shape[1] // (w * c) - h) // 2
+  rows = (padded.shape[1] // w - h) // 2
   width = rows // 2
   columns = jnp.arange(w)[None, None, :, None]
   views = []
   for i, j in offsets:
     dy, dx = i - width, j - width
-    start = ((rows + dy) * w + dx) * c
-    view = padded[:, start:start + h * w * c].reshape(n, h, w, c)
+    start = (rows + dy) * w + dx
+    view = padded[:, start:start + h * w].reshape(n, h, w, c)
     if dx:  # columns that fell into the neighbouring row read zeros
       view = jnp.where((columns + dx >= 0) & (columns + dx < w), view, jnp.zeros((), view.dtype))
     views.append(view)
