@@ -95,16 +95,15 @@ def _shifted_multiply_add(x, coefs, shifts):
 
 
 def _shifted_multiply_add_fwd(x, coefs, shifts):
-  padded = fusion.pad(x, _width(shifts))
-  return _multiply_add(padded, x.shape, coefs, shifts), (padded, coefs)
+  return _multiply_add(fusion.pad(x, _width(shifts)), x.shape, coefs, shifts), (x, coefs)
 
 
 def _shifted_multiply_add_bwd(shifts, residuals, g):
-  padded, coefs = residuals
+  x, coefs = residuals
   g = materialize(g)  # read at every shift
   width = _width(shifts)
   dx = _multiply_add(fusion.pad(g, width), g.shape, coefs, [(-dy, -dx) for dy, dx in shifts])
-  views = fusion.windows(padded, g.shape, [(width + dy, width + dx) for dy, dx in shifts])
+  views = fusion.windows(fusion.pad(x, width, columns=True), g.shape, [(width + dy, width + dx) for dy, dx in shifts])
   dcoefs = reductions.pixel_sums([(v, g) for v in views], per_image=coefs.ndim == 3)
   return dx, dcoefs.astype(coefs.dtype)
 
