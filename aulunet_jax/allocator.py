@@ -88,7 +88,7 @@ def relaunch_environment(environ: Optional[Mapping[str, str]] = None):
   env = dict(environ)
   if choice == "mimalloc":
     preload = environ.get("LD_PRELOAD", "")
-    if library not in preload.split(":"):
+    if library not in preload.replace(":", " ").split():  # the loader takes either separator
       env["LD_PRELOAD"] = ":".join(p for p in (library, preload) if p)
     env.setdefault("MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS)
   elif choice == "hugetlb":

@@ -27,6 +27,9 @@ def test_mimalloc_is_preloaded_once_with_a_purge_delay(linux, monkeypatch):
   # A user's own purge delay is kept.
   env = allocator.relaunch_environment({"MIMALLOC_PURGE_DELAY": "0"})
   assert env == {"LD_PRELOAD": "/lib/libmimalloc.so.3", "MIMALLOC_PURGE_DELAY": "0"}
+  # Already in a space-separated preload list (the loader accepts both separators): not added again.
+  preloaded = {"LD_PRELOAD": "/x.so /lib/libmimalloc.so.3", "MIMALLOC_PURGE_DELAY": "-1"}
+  assert allocator.relaunch_environment(preloaded) is None
 
 
 def test_huge_pages_without_mimalloc_and_the_opt_outs(linux, monkeypatch):

@@ -148,6 +148,21 @@ def test_materialize_is_the_identity():
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ops.materialize(x) * x))(x), 2 * x)
 
 
+@pytest.mark.parametrize("columns", [False, True])
+@pytest.mark.parametrize("shape,width", [((2, 6, 5, 3), 1), ((1, 4, 3, 2), 2), ((1, 2, 1, 2), 2), ((2, 3, 4, 1), 0)])
+def test_windows_are_slices_of_the_zero_padded_input(shape, width, columns):
+  """Both padding layouts, including windows wider than the image (whose
+  wrapped columns must read zeros), against slices of jnp.pad."""
+  from aulunet_jax.ops import fusion
+  x = _rand(0, shape)
+  n, h, w, c = shape
+  offsets = [(i, j) for i in range(2 * width + 1) for j in range(2 * width + 1)]
+  views = jax.jit(lambda x: fusion.windows(fusion.pad(x, width, columns), x.shape, offsets))(x)
+  padded = np.pad(np.asarray(x), ((0, 0), (width, width), (width, width), (0, 0)))
+  for (i, j), view in zip(offsets, views):
+    np.testing.assert_array_equal(view, padded[:, i:i + h, j:j + w], err_msg=f"window {(i, j)}")
+
+
 def test_bfloat16_inputs_keep_their_dtype():
   x = _rand(0, (1, 8, 8, 5)).astype(jnp.bfloat16)
   k = _rand(1, (3, 3, 5))
