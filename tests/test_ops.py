@@ -142,6 +142,13 @@ def test_broadcasts_transpose_to_the_sums():
     ops.broadcast_channels(s, g.shape)
 
 
+def test_scale_shift_matches_reference():
+  x, mul, shift = _rand(0, (2, 6, 5, 3)), _rand(1, (3,)), _rand(2, (3,))
+  _check_against_reference(ops.scale_shift_channels, (x, mul, shift))
+  with pytest.raises(ValueError, match="scale_shift_channels takes"):
+    ops.scale_shift_channels(x, mul[:2], shift)
+
+
 def test_materialize_is_the_identity():
   x = _rand(0, (2, 6, 5, 3))
   np.testing.assert_array_equal(ops.materialize(x), x)

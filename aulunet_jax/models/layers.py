@@ -76,8 +76,7 @@ class BatchNorm(nn.Module):
     mul = scale * lax.rsqrt(var + self.epsilon)
     shift = bias - mean * mul
     x = x.astype(self.dtype)
-    return x * ops.broadcast_channels(mul.astype(self.dtype), x.shape) + ops.broadcast_channels(
-        shift.astype(self.dtype), x.shape)
+    return ops.scale_shift_channels(x, mul.astype(self.dtype), shift.astype(self.dtype))
 
 
 class Conv1x1(nn.Module):

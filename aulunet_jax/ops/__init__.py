@@ -26,6 +26,8 @@ from aulunet_jax.ops.reductions import channel_sum
 from aulunet_jax.ops.reductions import channel_sum_reference
 from aulunet_jax.ops.reductions import pixel_sums
 from aulunet_jax.ops.reductions import pixel_sums_reference
+from aulunet_jax.ops.reductions import scale_shift_channels
+from aulunet_jax.ops.reductions import scale_shift_channels_reference
 from aulunet_jax.ops.reductions import spatial_sum
 from aulunet_jax.ops.reductions import spatial_sum_reference
 from aulunet_jax.ops.resize import pointwise_conv_of_upsampled
@@ -55,6 +57,8 @@ __all__ = [
     "pointwise_conv_of_upsampled",
     "pointwise_conv_of_upsampled_reference",
     "reference_ops",
+    "scale_shift_channels",
+    "scale_shift_channels_reference",
     "spatial_sum",
     "spatial_sum_reference",
     "upsample2x_align_corners",
