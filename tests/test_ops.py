@@ -149,6 +149,34 @@ def test_scale_shift_matches_reference():
     ops.scale_shift_channels(x, mul[:2], shift)
 
 
+def test_batch_statistics_match_reference():
+  x = _rand(0, (2, 6, 5, 3)) * 3 + 1
+  _check_against_reference(lambda x: jnp.stack(ops.batch_statistics(x)), (x,))
+  with pytest.raises(ValueError, match="take \\(N, H, W, C\\)"):
+    ops.batch_statistics(x[0])
+
+
+def test_cross_replica_batch_statistics_match_reference():
+  """Averaged over a named axis (vmap stands in for pmap's devices; the
+  gradient is taken per device, inside it, as the training step does), with
+  shards of different means, so that the local means differ from the mean."""
+  x = _rand(0, (2, 2, 4, 5, 3)) + jnp.arange(2.0)[:, None, None, None, None] * 4
+  weights = _rand(1, (2, 2, 3))
+
+  def per_device(x, w):
+    stats = lambda x: jnp.stack(ops.batch_statistics(x, "devices"))
+    return stats(x), jax.grad(lambda x: jnp.sum(w * stats(x)))(x)
+
+  run = jax.jit(jax.vmap(per_device, axis_name="devices"))
+  stats, grads = run(x, weights)
+  with ops.reference_ops():
+    ref_stats, ref_grads = jax.jit(jax.vmap(lambda x, w: per_device(x, w), axis_name="devices"))(x, weights)
+  np.testing.assert_allclose(stats, ref_stats, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-6)
+  whole = jnp.stack(ops.batch_statistics(x.reshape(4, 4, 5, 3)))
+  np.testing.assert_allclose(stats[0], whole, rtol=1e-5)
+
+
 def test_materialize_is_the_identity():
   x = _rand(0, (2, 6, 5, 3))
   np.testing.assert_array_equal(ops.materialize(x), x)

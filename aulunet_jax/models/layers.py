@@ -58,13 +58,8 @@ class BatchNorm(nn.Module):
       xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       count = math.prod(x.shape[:-1])
       cross_replica = self.axis_name is not None and not self.is_initializing()
-      mean = ops.channel_sum(xf) / count
+      mean, var = ops.batch_statistics(xf, self.axis_name if cross_replica else None)
       if cross_replica:
-        mean = lax.pmean(mean, self.axis_name)
-      centered = xf - ops.broadcast_channels(mean, x.shape)
-      var = ops.channel_sum(centered, centered) / count
-      if cross_replica:
-        var = lax.pmean(var, self.axis_name)
         count = count * lax.psum(1, self.axis_name)
       if not self.is_initializing():
         m = self.momentum

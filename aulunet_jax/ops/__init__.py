@@ -9,6 +9,10 @@ versions (the FLOP counter does this, so that it counts the model's
 arithmetic rather than the arithmetic of a formulation chosen for speed).
 """
 
+from aulunet_jax.ops.batch_norm import batch_statistics
+from aulunet_jax.ops.batch_norm import batch_statistics_reference
+from aulunet_jax.ops.batch_norm import scale_shift_channels
+from aulunet_jax.ops.batch_norm import scale_shift_channels_reference
 from aulunet_jax.ops.conv3x3 import conv3x3
 from aulunet_jax.ops.conv3x3 import conv3x3_reference
 from aulunet_jax.ops.depthwise import depthwise_conv3x3
@@ -26,8 +30,6 @@ from aulunet_jax.ops.reductions import channel_sum
 from aulunet_jax.ops.reductions import channel_sum_reference
 from aulunet_jax.ops.reductions import pixel_sums
 from aulunet_jax.ops.reductions import pixel_sums_reference
-from aulunet_jax.ops.reductions import scale_shift_channels
-from aulunet_jax.ops.reductions import scale_shift_channels_reference
 from aulunet_jax.ops.reductions import spatial_sum
 from aulunet_jax.ops.reductions import spatial_sum_reference
 from aulunet_jax.ops.resize import pointwise_conv_of_upsampled
@@ -39,6 +41,8 @@ from aulunet_jax.ops.switch import reference_ops
 __all__ = [
     "avg_pool2x2",
     "avg_pool2x2_reference",
+    "batch_statistics",
+    "batch_statistics_reference",
     "broadcast_channels",
     "broadcast_spatial",
     "channel_sum",

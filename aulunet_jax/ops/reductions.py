@@ -184,38 +184,3 @@ def broadcast_spatial(v: jax.Array, shape) -> jax.Array:
   if using_reference():
     return jnp.broadcast_to(v[:, None, None, :], shape)
   return _broadcast_spatial(v, shape)
-
-
-def scale_shift_channels_reference(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
-  return x * mul + shift
-
-
-@jax.custom_vjp
-def _scale_shift_channels(x, mul, shift):
-  return x * _broadcast_channels(mul, x.shape) + _broadcast_channels(shift, x.shape)
-
-
-def _scale_shift_channels_fwd(x, mul, shift):
-  return _scale_shift_channels(x, mul, shift), (x, mul)
-
-
-def _scale_shift_channels_bwd(residuals, g):
-  x, mul = residuals
-  # Both parameter gradients in one pass over g (autodiff would make two).
-  dmul, dshift = pixel_sums([(x, g), (g,)], per_image=False)
-  return g * jnp.broadcast_to(mul, g.shape), dmul.astype(mul.dtype), dshift.astype(mul.dtype)
-
-
-_scale_shift_channels.defvjp(_scale_shift_channels_fwd, _scale_shift_channels_bwd)
-
-
-def scale_shift_channels(x: jax.Array, mul: jax.Array, shift: jax.Array) -> jax.Array:
-  """x * mul + shift per channel of (N, H, W, C) x (mul, shift: (C,)): the
-  affine step of BatchNorm, whose backward sums x * g and g together."""
-  if x.ndim != 4 or mul.shape != x.shape[-1:] or shift.shape != x.shape[-1:]:
-    raise ValueError(f"scale_shift_channels takes (N, H, W, C) x and (C,) mul and shift, got {x.shape}, "
-                     f"{mul.shape}, {shift.shape}")
-  if using_reference():
-    return scale_shift_channels_reference(x, mul, shift)
-  return _scale_shift_channels(x, mul, shift)
-
