@@ -4,17 +4,19 @@ read each full-size array once.
 Autodiff of the two-pass statistics (mean, then the mean square of
 x - mean) sums the cotangent of x - mean over the pixels once more, to carry
 it back to the mean. That sum is (local mean - mean) times a per-channel
-factor shared by the devices, and averaged over them (the mean is the
-average of the local means) it is zero: the backward pass leaves it out. And autodiff of ``x * mul + shift`` sums x * g and
-g in two passes over g; here they go through one ``pixel_sums``.
+factor shared by the devices, and averaged over them it is zero (pmap's
+devices hold equal shards, so the mean is the average of the local means):
+the backward pass leaves it out. And autodiff of ``x * mul + shift`` sums
+x * g and g in two passes over g; here they go through one ``pixel_sums``.
+The training gradient at batch 8 (same-process A/B): 177.7 -> 160.9 ms with
+the affine step, then 158 -> 150 ms with the statistics.
 
 With ``axis_name`` (inside pmap), the statistics are averaged over the
 devices, and the backward pass transposes those averages as autodiff does.
 """
 
-from typing import Optional
-
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
