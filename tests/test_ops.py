@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aulunet_jax import ops
+from aulunet_jax.ops import fusion
 
 
 def _rand(seed, shape, dtype=jnp.float32):
@@ -188,7 +189,6 @@ def test_materialize_is_the_identity():
 def test_windows_are_slices_of_the_zero_padded_input(shape, width, columns):
   """Both padding layouts, including windows wider than the image (whose
   wrapped columns must read zeros), against slices of jnp.pad."""
-  from aulunet_jax.ops import fusion
   x = _rand(0, shape)
   n, h, w, c = shape
   offsets = [(i, j) for i in range(2 * width + 1) for j in range(2 * width + 1)]

@@ -43,9 +43,9 @@ def pad(x: jax.Array, width: int, columns: bool = False) -> jax.Array:
   """(N, H, W, C) x zero-padded for windows reaching ``width`` pixels out.
 
   Row layout (default): 2 ``width`` zero rows above and below (at least
-  one), as the (N, (H + 2 rows) * W, C) view of pixels in row order; the extra rows keep a
-  window that starts ``width`` columns left of row 0 inside the array, even
-  in an image narrower than ``width``. Column layout
+  one), as the (N, (H + 2 rows) * W, C) view of the pixels in row order; the
+  extra rows keep a window that starts ``width`` columns left of row 0
+  inside the array, even in an image narrower than ``width``. Column layout
   (``columns=True``): ``width`` zeros on all four sides, as the
   (N, H + 2 width, (W + 2 width) * C) view.
   """
