@@ -6,8 +6,13 @@ convolution spends most of its time on the tiny channel dimensions. The fast
 version is nine shifted 1x1 convolutions (``pointwise``'s broadcast
 multiply-adds: 27 for the stem), with the backward pass
 
-  dx         = the same over g with the kernel flipped and transposed,
-  dk[i, j]   = x_pad[shifted by (i, j)]^T g over all pixels (a matrix product).
+  dx  = the same over g with the kernel flipped and transposed,
+  dk  = XLA's own kernel-gradient convolution (the plain version's autodiff).
+
+XLA is slow at the forward convolution (16.9 against 2.3 ms with the fast
+version, 8 images of 256x256, BatchNorm and ReLU fused after) but not at the
+kernel gradient: 6.1 ms against 13.5 ms for nine shifted windows of x, each
+copied out for a matrix product with g.
 """
 
 import functools
@@ -18,7 +23,7 @@ from jax import lax
 
 from aulunet_jax.ops import fusion
 from aulunet_jax.ops.fusion import materialize
-from aulunet_jax.ops.pointwise import multiply_add, pixel_outer_sum
+from aulunet_jax.ops.pointwise import multiply_add
 from aulunet_jax.ops.switch import using_reference
 
 
@@ -49,18 +54,16 @@ def _conv(x, kernel):
 
 
 def _conv_fwd(x, kernel):
-  padded = fusion.pad(x, 1, columns=True)
-  return _correlate(padded, x.shape, kernel), (padded, kernel)
+  return _conv(x, kernel), (x, kernel)
 
 
 def _conv_bwd(residuals, g):
-  padded, kernel = residuals
+  x, kernel = residuals
   g = materialize(g)  # read at every tap
-  _, _, cin, cout = kernel.shape
   dx = _correlate(fusion.pad(g, 1, columns=True), g.shape, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
-  views = fusion.windows(padded, (*g.shape[:-1], cin), _TAPS)
-  dk = jnp.stack([pixel_outer_sum(v, g) for v in views]).reshape(3, 3, cin, cout)
-  return dx, dk.astype(kernel.dtype)
+  _, kernel_vjp = jax.vjp(lambda k: conv3x3_reference(x, k), kernel)
+  (dk,) = kernel_vjp(g)
+  return dx, dk
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
