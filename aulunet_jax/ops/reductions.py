@@ -72,8 +72,11 @@ def _pixel_sums(terms, per_image):
   n, h, w, c = terms[0][0].shape
   fold = _fold(h)
   sums = []
-  for i in range(0, len(terms), _MAX_STACK):
-    group = terms[i:i + _MAX_STACK]
+  # Groups of equal size (17 sums: 6, 6, 5): a group of one would read its
+  # padded input through a copy of its own.
+  size = -(-len(terms) // -(-len(terms) // _MAX_STACK))
+  for i in range(0, len(terms), size):
+    group = terms[i:i + size]
     # A lone fold would be taken into the library reduction (which then
     # copies out its slices): it goes in as two halves.
     parts = 2 if len(group) == 1 and fold % 2 == 0 else 1
