@@ -126,9 +126,9 @@ def test_pixel_sums_match_reference(shape):
   n, c = shape[0], shape[-1]
 
   def sums(a, b, d):
-    many = [(a,), (a, b), (b, d)] * 3 + [(d,), (a, b, d)]  # 11 terms: more than one fused group
+    many = [(a,), (a, b), (b, d)] * 5 + [(d,), (a, b, d)]  # 17 terms: three fused groups, as AKF's
     per_image, per_channel = ops.pixel_sums(many, per_image=True), ops.pixel_sums(many, per_image=False)
-    assert per_image.shape == (11, n, c) and per_channel.shape == (11, c)
+    assert per_image.shape == (17, n, c) and per_channel.shape == (17, c)
     return jnp.concatenate([ops.channel_sum(a), ops.channel_sum(a, b), ops.spatial_sum(a).ravel(),
                             ops.spatial_sum(a, d).ravel(), per_image.ravel(), per_channel.ravel()])
 
