@@ -135,6 +135,19 @@ def test_pixel_sums_match_reference(shape):
   _check_against_reference(sums, (_rand(0, shape), _rand(1, shape), _rand(2, shape)), atol=1e-4)
 
 
+def test_pixel_sums_leave_out_the_columns_a_shift_moves_outside():
+  a, b = _rand(0, (2, 6, 7, 3)), _rand(1, (2, 6, 7, 3))
+  shifts = [-2, 0, 1, 3, -7]
+  sums = lambda a, b: ops.pixel_sums([(a, b)] * len(shifts), per_image=True, column_shifts=shifts)
+  out = _check_against_reference(sums, (a, b))
+  product = np.asarray(a * b)
+  for t, shift in enumerate(shifts):
+    kept = [w for w in range(7) if 0 <= w + shift < 7]
+    np.testing.assert_allclose(out[t], product[:, :, kept].sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="column shifts"):
+    ops.pixel_sums([(a, b)], per_image=True, column_shifts=[0, 1])
+
+
 def test_broadcasts_transpose_to_the_sums():
   v, s, g = _rand(0, (5,)), _rand(1, (2, 5)), _rand(2, (2, 4, 6, 5))
   _check_against_reference(lambda v: ops.broadcast_channels(v, g.shape) * g, (v,))

@@ -57,10 +57,13 @@ def pad(x: jax.Array, width: int, columns: bool = False) -> jax.Array:
   return jnp.pad(x, ((0, 0), (rows, rows), (0, 0), (0, 0))).reshape(n, (h + 2 * rows) * w, c)
 
 
-def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]]):
+def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]], zero_wrapped: bool = True):
   """For each (i, j) in ``offsets``, the window of ``shape`` (N, H, W, C)
   starting at row i, column j of the zero-padded x that ``padded`` (from
-  ``pad``, either layout) holds."""
+  ``pad``, either layout) holds. With ``zero_wrapped=False``, a row-layout
+  window keeps the values of the columns that it reads from the
+  neighbouring row (where the shift leaves the image), for a caller that
+  leaves those columns out itself."""
   n, h, w, c = shape
   if padded.shape[-1] != c:  # column layout
     return [padded[:, i:i + h, j * c:(j + w) * c].reshape(n, h, w, c) for i, j in offsets]
@@ -72,7 +75,7 @@ def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]]):
     dy, dx = i - width, j - width
     start = (rows + dy) * w + dx
     view = padded[:, start:start + h * w].reshape(n, h, w, c)
-    if dx:  # columns that fell into the neighbouring row read zeros
+    if dx and zero_wrapped:  # columns that fell into the neighbouring row read zeros
       view = jnp.where((columns + dx >= 0) & (columns + dx < w), view, jnp.zeros((), view.dtype))
     views.append(view)
   return views
