@@ -99,12 +99,13 @@ def _pixel_sums(terms, per_image, column_shifts):
   shifts = column_shifts or (0,) * len(terms)
   fold = _fold(h)
   sums = []
-  # Groups of equal size (17 sums: 6, 6, 5): a group of one would read its
-  # padded input through a copy of its own.
-  size = -(-len(terms) // -(-len(terms) // _MAX_STACK))
-  for i in range(0, len(terms), size):
-    group = terms[i:i + size]
-    group_shifts = shifts[i:i + size]
+  # Groups whose sizes differ by one at most (17 sums: 5, 6, 6): a group of
+  # one would read its padded input through a copy of its own.
+  groups = -(-len(terms) // _MAX_STACK)
+  bounds = [len(terms) * k // groups for k in range(groups + 1)]
+  for i, j in zip(bounds[:-1], bounds[1:]):
+    group = terms[i:j]
+    group_shifts = shifts[i:j]
     # A lone fold would be taken into the library reduction (which then
     # copies out its slices): it goes in as two halves.
     parts = 2 if len(group) == 1 and fold % 2 == 0 else 1
