@@ -78,9 +78,16 @@ def windows(padded: jax.Array, shape, offsets: Sequence[Tuple[int, int]], zero_w
     start = (rows + dy) * w + dx
     view = padded[:, start:start + h * w].reshape(n, h, w, c)
     if dx and zero_wrapped:  # columns that fell into the neighbouring row read zeros
-      view = jnp.where((columns + dx >= 0) & (columns + dx < w), view, jnp.zeros((), view.dtype))
+      view = jnp.where(columns_inside(columns, dx, w), view, jnp.zeros((), view.dtype))
     views.append(view)
   return views
+
+
+def columns_inside(columns, shift: int, w: int):
+  """Which of ``columns`` (column indices, NumPy or JAX) stay inside an
+  image W wide when shifted ``shift`` columns sideways; the others a
+  row-layout window reads from the neighbouring row."""
+  return (columns + shift >= 0) & (columns + shift < w)
 
 
 def padded_windows(x: jax.Array, width: int, offsets: Sequence[Tuple[int, int]]):

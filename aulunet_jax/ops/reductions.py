@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from aulunet_jax.ops.fusion import columns_inside
 from aulunet_jax.ops.switch import using_reference
 
 _FOLD = 8
@@ -50,12 +51,6 @@ def _check_column_shifts(terms, column_shifts):
     raise ValueError(f"pixel_sums got {len(column_shifts)} column shifts for {len(terms)} terms")
 
 
-def _columns_inside(w: int, shift: int) -> np.ndarray:
-  """(W,) float 0/1: the columns that stay inside the image shifted by ``shift``."""
-  columns = np.arange(w)
-  return ((columns + shift >= 0) & (columns + shift < w)).astype(np.float32)
-
-
 def pixel_sums_reference(terms: Sequence[Term], per_image: bool,
                          column_shifts: Optional[Sequence[int]] = None) -> jax.Array:
   _check_terms(terms, "pixel_sums")
@@ -66,7 +61,7 @@ def pixel_sums_reference(terms: Sequence[Term], per_image: bool,
   for i, t in enumerate(terms):
     product = functools.reduce(jnp.multiply, t)
     if column_shifts is not None and column_shifts[i]:
-      product = product * jnp.asarray(_columns_inside(w, column_shifts[i]), product.dtype)[:, None]
+      product = product * jnp.asarray(columns_inside(np.arange(w), column_shifts[i], w), product.dtype)[:, None]
     sums.append(jnp.sum(product, axis=axes))
   return jnp.stack(sums)
 
@@ -84,7 +79,7 @@ def _folded_products(term: Term, fold: int, parts: int, column_shift: int = 0):
   n, h, w, c = term[0].shape
   views = [a.reshape(n, h, w * c) for a in term]
   if column_shift:
-    views.append(jnp.asarray(np.repeat(_columns_inside(w, column_shift), c), views[0].dtype))
+    views.append(jnp.asarray(np.repeat(columns_inside(np.arange(w), column_shift, w), c), views[0].dtype))
   size = h // fold
   blocks = [functools.reduce(jnp.multiply, [v if v.ndim == 1 else lax.slice_in_dim(v, i * size, (i + 1) * size, axis=1)
                                             for v in views])
@@ -132,7 +127,7 @@ def _pixel_sums_bwd(per_image, column_shifts, terms, ct):
   for k, (t, c) in enumerate(zip(terms, ct)):
     spread = jnp.broadcast_to(c[:, None, None, :] if per_image else c, shape)
     if column_shifts and column_shifts[k]:
-      spread = spread * jnp.asarray(_columns_inside(shape[2], column_shifts[k]), spread.dtype)[:, None]
+      spread = spread * jnp.asarray(columns_inside(np.arange(shape[2]), column_shifts[k], shape[2]), spread.dtype)[:, None]
     grads.append(tuple(functools.reduce(jnp.multiply, [spread] + [b for j, b in enumerate(t) if j != i])
                        for i in range(len(t))))
   return (grads,)
