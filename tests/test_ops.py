@@ -148,8 +148,9 @@ def test_pixel_sums_leave_out_the_columns_a_shift_moves_outside():
     ops.pixel_sums([(a, b)], per_image=True, column_shifts=[0, 1])
 
 
-def test_broadcasts_transpose_to_the_sums():
-  v, s, g = _rand(0, (5,)), _rand(1, (2, 5)), _rand(2, (2, 4, 6, 5))
+@pytest.mark.parametrize("shape", [(2, 4, 6, 5), (1, 160, 200, 5)])  # below and above the tiling size
+def test_broadcasts_transpose_to_the_sums(shape):
+  v, s, g = _rand(0, (5,)), _rand(1, (shape[0], 5)), _rand(2, shape)
   _check_against_reference(lambda v: ops.broadcast_channels(v, g.shape) * g, (v,))
   _check_against_reference(lambda s: ops.broadcast_spatial(s, g.shape) * g, (s,))
   with pytest.raises(ValueError, match="takes \\(C,\\)"):
@@ -189,6 +190,11 @@ def test_cross_replica_batch_statistics_match_reference():
   np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-6)
   whole = jnp.stack(ops.batch_statistics(x.reshape(4, 4, 5, 3)))
   np.testing.assert_allclose(stats[0], whole, rtol=1e-5)
+
+
+def test_tiled_channels_repeat_the_vector():
+  v = _rand(0, (3,))
+  np.testing.assert_array_equal(jax.jit(fusion.tiled_channels, static_argnums=1)(v, 4), np.tile(v, (4, 1)))
 
 
 def test_materialize_is_the_identity():

@@ -103,3 +103,14 @@ def materialize(x: jax.Array) -> jax.Array:
     return x
   (view,) = padded_windows(x, 0, [(0, 0)])
   return view
+
+
+def tiled_channels(v: jax.Array, w: int) -> jax.Array:
+  """(C,) v repeated for each of W columns, computed into memory as (W, C).
+
+  A fused loop over the (N, H, W*C) view of an array (the row folds of
+  pixel sums) that reads a (C,) vector finds each element's channel as its
+  index mod C: LLVM then emits scalar code for the whole loop. Read from
+  the (W, C) copy, the index is the element's own and the loop vectorises."""
+  (row,) = materialize(jnp.broadcast_to(v, (1, 1, w) + v.shape))[0]
+  return row
