@@ -110,10 +110,20 @@ def binarize(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
   return np.where(np.asarray(probs) >= threshold, np.uint8(255), np.uint8(0))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(model, variables, images):
-  """Inference forward pass; compiled once per model settings and input shape
-  (flax modules compare by their attributes), whichever Segmenter calls it."""
+# LLVM vectorises XLA's CPU loops 256 bits wide unless told otherwise, also
+# on AVX-512 machines; the model's loops run over 5 to 60 channels per
+# pixel, and one 16-wide masked vector covers 10 or 15 of them where 8-wide
+# needs two. Same results; batch-8 inference 23.8 -> 22.9 ms, batch 1
+# 3.64 -> 3.36 ms (2-core EPYC, same-process A/B). Without AVX-512, LLVM
+# keeps the width it has; other backends ignore the option.
+COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=COMPILER_OPTIONS)
+def forward(model, variables, images):
+  """The inference forward pass as the library runs it (``Segmenter``,
+  ``evaluate``, ``launch.benchmark``); compiled once per model settings and
+  input shape (flax modules compare by their attributes)."""
   return model.apply(variables, images, train=False)
 
 
@@ -155,7 +165,7 @@ class Segmenter:
       n = len(batch)
       if n < self.batch_size:
         batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
-      probs = np.asarray(_forward(self.model, self.variables, batch))
+      probs = np.asarray(forward(self.model, self.variables, batch))
       if probs.shape[-1] != 1:
         raise ValueError(f"the model gives {probs.shape[-1]} output channels; segmentation needs one")
       out.append(probs[:n, ..., 0])

@@ -86,7 +86,7 @@ class _JaxSide:
     import jax.numpy as jnp
     from flax import jax_utils
 
-    from aulunet_jax import flops, train
+    from aulunet_jax import flops, predict, train
 
     self.jax = jax
     config = train.TrainConfig(global_batch_size=images.shape[0])
@@ -106,11 +106,10 @@ class _JaxSide:
 
     inference_model = train.create_model(config, axis_name=None)
     self.variables = {"params": state.params, "batch_stats": state.batch_stats}
-    forward = jax.jit(lambda v, x: inference_model.apply(v, x, train=False))
     self.images = jnp.asarray(images)
     self.image = self.images[:1]
-    self.infer = forward.lower(self.variables, self.images).compile()
-    self.infer_one = forward.lower(self.variables, self.image).compile()
+    self.infer = predict.forward.lower(inference_model, self.variables, self.images).compile()
+    self.infer_one = predict.forward.lower(inference_model, self.variables, self.image).compile()
     self.infer_bytes = float(flops.compiled_cost(self.infer).get("bytes accessed", 0.0))
 
   def info(self):

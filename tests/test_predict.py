@@ -35,6 +35,15 @@ def segmenter(model_and_variables):
   return predict.Segmenter(*model_and_variables, image_size=SIZE, batch_size=4)
 
 
+def test_forward_matches_the_model(model_and_variables):
+  """The library's compiled forward pass (with its compiler options) gives
+  the model's own output."""
+  model, variables = model_and_variables
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, SIZE, SIZE, 3), maxval=255.0)
+  plain = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  np.testing.assert_allclose(predict.forward(model, variables, images), plain, rtol=1e-6, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(model_and_variables, tmp_path_factory):
   path = str(tmp_path_factory.mktemp("ckpt") / "model")
