@@ -135,19 +135,6 @@ def test_pixel_sums_match_reference(shape):
   _check_against_reference(sums, (_rand(0, shape), _rand(1, shape), _rand(2, shape)), atol=1e-4)
 
 
-def test_pixel_sums_leave_out_the_columns_a_shift_moves_outside():
-  a, b = _rand(0, (2, 6, 7, 3)), _rand(1, (2, 6, 7, 3))
-  shifts = [-2, 0, 1, 3, -7]
-  sums = lambda a, b: ops.pixel_sums([(a, b)] * len(shifts), per_image=True, column_shifts=shifts)
-  out = _check_against_reference(sums, (a, b))
-  product = np.asarray(a * b)
-  for t, shift in enumerate(shifts):
-    kept = [w for w in range(7) if 0 <= w + shift < 7]
-    np.testing.assert_allclose(out[t], product[:, :, kept].sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="column shifts"):
-    ops.pixel_sums([(a, b)], per_image=True, column_shifts=[0, 1])
-
-
 @pytest.mark.parametrize("shape", [(2, 4, 6, 5), (1, 160, 200, 5)])  # below and above the tiling size
 def test_broadcasts_transpose_to_the_sums(shape):
   v, s, g = _rand(0, (5,)), _rand(1, (shape[0], 5)), _rand(2, shape)
@@ -203,15 +190,13 @@ def test_materialize_is_the_identity():
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ops.materialize(x) * x))(x), 2 * x)
 
 
-@pytest.mark.parametrize("columns", [False, True])
 @pytest.mark.parametrize("shape,width", [((2, 6, 5, 3), 1), ((1, 4, 3, 2), 2), ((1, 2, 1, 2), 2), ((2, 3, 4, 1), 0)])
-def test_windows_are_slices_of_the_zero_padded_input(shape, width, columns):
-  """Both padding layouts, including windows wider than the image (whose
-  wrapped columns must read zeros), against slices of jnp.pad."""
+def test_windows_are_slices_of_the_zero_padded_input(shape, width):
+  """Including windows wider than the image, against slices of np.pad."""
   x = _rand(0, shape)
   n, h, w, c = shape
   offsets = [(i, j) for i in range(2 * width + 1) for j in range(2 * width + 1)]
-  views = jax.jit(lambda x: fusion.windows(fusion.pad(x, width, columns), x.shape, offsets))(x)
+  views = jax.jit(lambda x: fusion.windows(fusion.pad(x, width), x.shape, offsets))(x)
   padded = np.pad(np.asarray(x), ((0, 0), (width, width), (width, width), (0, 0)))
   for (i, j), view in zip(offsets, views):
     np.testing.assert_array_equal(view, padded[:, i:i + h, j:j + w], err_msg=f"window {(i, j)}")

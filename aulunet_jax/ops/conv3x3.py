@@ -50,17 +50,17 @@ def _correlate(padded, shape, kernel):
 
 @jax.custom_vjp
 def _conv(x, kernel):
-  return _correlate(fusion.pad(x, 1, columns=True), x.shape, kernel)
+  return _correlate(fusion.pad(x, 1), x.shape, kernel)
 
 
 def _conv_fwd(x, kernel):
-  return _correlate(fusion.pad(x, 1, columns=True), x.shape, kernel), (x, kernel)
+  return _correlate(fusion.pad(x, 1), x.shape, kernel), (x, kernel)
 
 
 def _conv_bwd(residuals, g):
   x, kernel = residuals
   g = materialize(g)  # read at every tap
-  dx = _correlate(fusion.pad(g, 1, columns=True), g.shape, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+  dx = _correlate(fusion.pad(g, 1), g.shape, jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
   _, kernel_vjp = jax.vjp(lambda k: conv3x3_reference(x, k), kernel)
   (dk,) = kernel_vjp(g)
   return dx, dk

@@ -104,13 +104,9 @@ def _shifted_multiply_add_bwd(shifts, residuals, g):
   g = materialize(g)  # read at every shift
   width = _width(shifts)
   dx = _multiply_add(fusion.pad(g, width), g.shape, coefs, [(-dy, -dx) for dy, dx in shifts])
-  # The kernel-gradient sums read x through the forward's padded copy, and
-  # leave out the columns that a window takes from the neighbouring row by
-  # a constant column mask (a select per element, or a copy of x with zero
-  # columns, cost more).
-  views = fusion.windows(padded, g.shape, [(width + dy, width + dx) for dy, dx in shifts], zero_wrapped=False)
-  dcoefs = reductions.pixel_sums([(v, g) for v in views], per_image=coefs.ndim == 3,
-                                 column_shifts=[dx for _, dx in shifts])
+  # The kernel-gradient sums read x through the forward's padded copy.
+  views = fusion.windows(padded, g.shape, [(width + dy, width + dx) for dy, dx in shifts])
+  dcoefs = reductions.pixel_sums([(v, g) for v in views], per_image=coefs.ndim == 3)
   return dx, dcoefs.astype(coefs.dtype)
 
 

@@ -30,14 +30,13 @@ every array, batch 1 went 5.1 -> 6.0 ms).
 
 import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from aulunet_jax.ops.fusion import columns_inside, tiled_channels
+from aulunet_jax.ops.fusion import tiled_channels
 from aulunet_jax.ops.switch import using_reference
 
 _FOLD = 8
@@ -56,24 +55,10 @@ def _check_terms(terms: Sequence[Term], what: str):
                      f"{[[a.shape for a in t] for t in terms]}")
 
 
-def _check_column_shifts(terms, column_shifts):
-  if column_shifts is not None and len(column_shifts) != len(terms):
-    raise ValueError(f"pixel_sums got {len(column_shifts)} column shifts for {len(terms)} terms")
-
-
-def pixel_sums_reference(terms: Sequence[Term], per_image: bool,
-                         column_shifts: Optional[Sequence[int]] = None) -> jax.Array:
+def pixel_sums_reference(terms: Sequence[Term], per_image: bool) -> jax.Array:
   _check_terms(terms, "pixel_sums")
-  _check_column_shifts(terms, column_shifts)
   axes = (1, 2) if per_image else (0, 1, 2)
-  w = terms[0][0].shape[2]
-  sums = []
-  for i, t in enumerate(terms):
-    product = functools.reduce(jnp.multiply, t)
-    if column_shifts is not None and column_shifts[i]:
-      product = product * jnp.asarray(columns_inside(np.arange(w), column_shifts[i], w), product.dtype)[:, None]
-    sums.append(jnp.sum(product, axis=axes))
-  return jnp.stack(sums)
+  return jnp.stack([jnp.sum(functools.reduce(jnp.multiply, t), axis=axes) for t in terms])
 
 
 def _fold(n: int) -> int:
@@ -81,27 +66,21 @@ def _fold(n: int) -> int:
   return max(f for f in range(1, _FOLD + 1) if n % f == 0)
 
 
-def _folded_products(term: Term, fold: int, parts: int, column_shift: int = 0):
+def _folded_products(term: Term, fold: int, parts: int):
   """prod(term) viewed as (N, H, W*C), with H folded ``fold``-fold: as
-  ``parts`` partial folds (each over fold / parts blocks) that add up to it.
-  A column shift multiplies in the (W*C,) mask of the columns it keeps, a
-  constant read along the rows."""
+  ``parts`` partial folds (each over fold / parts blocks) that add up to it."""
   n, h, w, c = term[0].shape
   views = [a.reshape(n, h, w * c) for a in term]
-  if column_shift:
-    views.append(jnp.asarray(np.repeat(columns_inside(np.arange(w), column_shift, w), c), views[0].dtype))
   size = h // fold
-  blocks = [functools.reduce(jnp.multiply, [v if v.ndim == 1 else lax.slice_in_dim(v, i * size, (i + 1) * size, axis=1)
-                                            for v in views])
+  blocks = [functools.reduce(jnp.multiply, [lax.slice_in_dim(v, i * size, (i + 1) * size, axis=1) for v in views])
             for i in range(fold)]
   per_part = fold // parts
   return [functools.reduce(jnp.add, blocks[i:i + per_part]) for i in range(0, fold, per_part)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _pixel_sums(terms, per_image, column_shifts):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pixel_sums(terms, per_image):
   n, h, w, c = terms[0][0].shape
-  shifts = column_shifts or (0,) * len(terms)
   fold = _fold(h)
   sums = []
   # Groups whose sizes differ by one at most (17 sums: 5, 6, 6): a group of
@@ -110,11 +89,10 @@ def _pixel_sums(terms, per_image, column_shifts):
   bounds = [len(terms) * k // groups for k in range(groups + 1)]
   for i, j in zip(bounds[:-1], bounds[1:]):
     group = terms[i:j]
-    group_shifts = shifts[i:j]
     # A lone fold would be taken into the library reduction (which then
     # copies out its slices): it goes in as two halves.
     parts = 2 if len(group) == 1 and fold % 2 == 0 else 1
-    folded = jnp.stack([f for t, s in zip(group, group_shifts) for f in _folded_products(t, fold, parts, s)])
+    folded = jnp.stack([f for t in group for f in _folded_products(t, fold, parts)])
     # Rows (and images) summed by the library; parts, W after it.
     if per_image:
       rows = jnp.sum(folded, axis=2).reshape(len(group), parts, n, w, c)
@@ -125,19 +103,17 @@ def _pixel_sums(terms, per_image, column_shifts):
   return sums[0] if len(sums) == 1 else jnp.concatenate(sums)
 
 
-def _pixel_sums_fwd(terms, per_image, column_shifts):
-  return _pixel_sums(terms, per_image, column_shifts), terms
+def _pixel_sums_fwd(terms, per_image):
+  return _pixel_sums(terms, per_image), terms
 
 
-def _pixel_sums_bwd(per_image, column_shifts, terms, ct):
+def _pixel_sums_bwd(per_image, terms, ct):
   # d/d a_i of sum(prod_j a_j) is the cotangent spread over the pixels times
   # the other factors (autodiff of the folds would scatter it block by block).
   shape = terms[0][0].shape
   grads = []
-  for k, (t, c) in enumerate(zip(terms, ct)):
+  for t, c in zip(terms, ct):
     spread = jnp.broadcast_to(c[:, None, None, :] if per_image else c, shape)
-    if column_shifts and column_shifts[k]:
-      spread = spread * jnp.asarray(columns_inside(np.arange(shape[2]), column_shifts[k], shape[2]), spread.dtype)[:, None]
     grads.append(tuple(functools.reduce(jnp.multiply, [spread] + [b for j, b in enumerate(t) if j != i])
                        for i in range(len(t))))
   return (grads,)
@@ -146,19 +122,13 @@ def _pixel_sums_bwd(per_image, column_shifts, terms, ct):
 _pixel_sums.defvjp(_pixel_sums_fwd, _pixel_sums_bwd)
 
 
-def pixel_sums(terms: Sequence[Term], per_image: bool, column_shifts: Optional[Sequence[int]] = None) -> jax.Array:
+def pixel_sums(terms: Sequence[Term], per_image: bool) -> jax.Array:
   """For each term (a tuple of (N, H, W, C) arrays), the sum over pixels of
-  the product of its arrays: (T, N, C) with ``per_image``, else (T, C).
-
-  With ``column_shifts``, term t sums only the columns w with
-  0 <= w + column_shifts[t] < W: the columns where a window shifted that far
-  sideways reads inside the image."""
+  the product of its arrays: (T, N, C) with ``per_image``, else (T, C)."""
   if using_reference():
-    return pixel_sums_reference(terms, per_image, column_shifts)
+    return pixel_sums_reference(terms, per_image)
   _check_terms(terms, "pixel_sums")
-  _check_column_shifts(terms, column_shifts)
-  return _pixel_sums([tuple(t) for t in terms], per_image,
-                     None if column_shifts is None else tuple(int(s) for s in column_shifts))
+  return _pixel_sums([tuple(t) for t in terms], per_image)
 
 
 def channel_sum_reference(*factors: jax.Array) -> jax.Array:
