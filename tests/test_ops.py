@@ -135,9 +135,8 @@ def test_pixel_sums_match_reference(shape):
   _check_against_reference(sums, (_rand(0, shape), _rand(1, shape), _rand(2, shape)), atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 6, 5), (1, 160, 200, 5)])  # below and above the tiling size
-def test_broadcasts_transpose_to_the_sums(shape):
-  v, s, g = _rand(0, (5,)), _rand(1, (shape[0], 5)), _rand(2, shape)
+def test_broadcasts_transpose_to_the_sums():
+  v, s, g = _rand(0, (5,)), _rand(1, (2, 5)), _rand(2, (2, 4, 6, 5))
   _check_against_reference(lambda v: ops.broadcast_channels(v, g.shape) * g, (v,))
   _check_against_reference(lambda s: ops.broadcast_spatial(s, g.shape) * g, (s,))
   with pytest.raises(ValueError, match="takes \\(C,\\)"):

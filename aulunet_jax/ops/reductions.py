@@ -22,14 +22,14 @@ fusions that read every input once, up to ``_MAX_STACK`` sums per fusion
 Those folds run along W*C, and a per-channel vector fused into them (a
 BatchNorm's scale and shift before the sum) would be read at index mod C,
 which LLVM leaves scalar. ``broadcast_channels`` therefore broadcasts from
-a (W, C) copy of the vector for arrays of ``_TILE_FROM`` elements or more
-(batch-8 inference 27.2 -> 24.8 ms, batch 1 4.00 -> 3.67 ms, same-process
-A/B); below that, the copy's own small kernel costs more than it saves (on
-every array, batch 1 went 5.1 -> 6.0 ms).
+a (W, C) copy of the vector (``fusion.tiled_channels``). With the copies,
+batch-8 inference went 27.2 -> 24.8 ms and batch 1 4.00 -> 3.67 ms
+(same-process A/B, copies for arrays of 2^17 elements or more; on every
+array they first cost batch 1 a millisecond in kernels of their own, and
+stopped costing it once the depthwise copies ran along W*C as well).
 """
 
 import functools
-import math
 from typing import Sequence, Tuple
 
 import jax
@@ -41,7 +41,6 @@ from aulunet_jax.ops.switch import using_reference
 
 _FOLD = 8
 _MAX_STACK = 8
-_TILE_FROM = 1 << 17
 
 Term = Tuple[jax.Array, ...]
 
@@ -151,9 +150,7 @@ def spatial_sum(*factors: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _broadcast_channels(v, shape):
-  if math.prod(shape) >= _TILE_FROM:  # see the module docstring
-    return jnp.broadcast_to(tiled_channels(v, shape[2]), shape)
-  return jnp.broadcast_to(v, shape)
+  return jnp.broadcast_to(tiled_channels(v, shape[2]), shape)  # see the module docstring
 
 
 def _broadcast_channels_fwd(v, shape):
