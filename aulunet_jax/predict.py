@@ -115,7 +115,7 @@ def binarize(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 # pixel, and one 16-wide masked vector covers 10 or 15 of them where 8-wide
 # needs two. Same results; batch-8 inference 23.8 -> 22.9 ms, batch 1
 # 3.64 -> 3.36 ms (2-core EPYC, same-process A/B). Without AVX-512, LLVM
-# keeps the width it has; other backends ignore the option.
+# keeps the width it has; the option is one of XLA's CPU backend.
 COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 
 

@@ -79,7 +79,8 @@ def _memory_bandwidth_gbs(jax, jnp) -> float:
 
 
 class _JaxSide:
-  """The library's pmapped training step and a jitted inference forward."""
+  """The library's pmapped training step (as ``launch.train`` compiles it)
+  and its inference pass, ``predict.forward``."""
 
   def __init__(self, images, masks):
     import jax
