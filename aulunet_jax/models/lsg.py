@@ -32,4 +32,9 @@ class LSG(nn.Module):
     decoder = ops.materialize(decoder)
     z = conv1x1(decoder.shape[-1], dtype=self.dtype, name="conv")((decoder, encoder))
     gate = nn.sigmoid(BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="bn")(z, train))
-    return decoder + gate * encoder
+    # The output is read by AKF's padded copy and its gate average. Left
+    # unmaterialised, XLA wrote the gate to memory and fused the blend into
+    # both readers, each then reading gate, decoder and encoder: computed
+    # into memory here, gate and blend are one loop (batch-8 inference
+    # 21.2 -> 19.4 ms, same-process A/B; training step unchanged).
+    return ops.materialize(decoder + gate * encoder)
