@@ -71,7 +71,14 @@ class BatchNorm(nn.Module):
     mul = scale * lax.rsqrt(var + self.epsilon)
     shift = bias - mean * mul
     x = x.astype(self.dtype)
-    return ops.scale_shift_channels(x, mul.astype(self.dtype), shift.astype(self.dtype))
+    y = ops.scale_shift_channels(x, mul.astype(self.dtype), shift.astype(self.dtype))
+    # In inference the affine step is computed into memory: its readers (the
+    # padded copies, pooling, the skip gate's 1x1 convolution, which reads
+    # each pixel once per output channel) then read one array instead of x
+    # and two per-channel copies. Batch-8 inference 19.3 -> 18.5 ms, batch 1
+    # 2.87 -> 2.77 ms; in the training step, whose backward pass reads x,
+    # the extra write cost 118.5 -> 129.1 ms (same-process A/B).
+    return y if train else ops.materialize(y)
 
 
 class Conv1x1(nn.Module):
