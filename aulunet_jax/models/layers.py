@@ -29,6 +29,9 @@ def torch_bias_init(fan_in: int):
   return init
 
 
+_MATERIALIZE_FROM_CHANNELS = 10
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over the last axis, as torch.nn.BatchNorm2d computes it.
 
@@ -73,12 +76,18 @@ class BatchNorm(nn.Module):
     x = x.astype(self.dtype)
     y = ops.scale_shift_channels(x, mul.astype(self.dtype), shift.astype(self.dtype))
     # In inference the affine step is computed into memory: its readers (the
-    # padded copies, pooling, the skip gate's 1x1 convolution, which reads
-    # each pixel once per output channel) then read one array instead of x
-    # and two per-channel copies. Batch-8 inference 19.3 -> 18.5 ms, batch 1
-    # 2.87 -> 2.77 ms; in the training step, whose backward pass reads x,
-    # the extra write cost 118.5 -> 129.1 ms (same-process A/B).
-    return y if train else ops.materialize(y)
+    # padded copies, pooling, 1x1 convolutions, which read each pixel once
+    # per output channel) then read one array instead of x and two
+    # per-channel copies. Batch-8 inference 19.3 -> 18.5 ms, batch 1
+    # 2.87 -> 2.77 ms (same-process A/B). Not with fewer than
+    # _MATERIALIZE_FROM_CHANNELS channels (AULUNet's full resolution): there
+    # the skip gate's loop then compiled to slower code (1.3 -> 1.8 ms), and
+    # leaving them fused gained another 0.4-0.5 ms, 4 % at batch 1. Not in
+    # training, whose backward pass reads x: the extra write cost the step
+    # 118.5 -> 129.1 ms.
+    if train or c < _MATERIALIZE_FROM_CHANNELS:
+      return y
+    return ops.materialize(y)
 
 
 class Conv1x1(nn.Module):
