@@ -23,6 +23,10 @@ def test_benchmark_times_both_sides_and_reports_json():
   assert result["train_speedup"] == pytest.approx(result["jax_train_ips"] / result["torch_train_ips"])
   assert result["infer_speedup"] == pytest.approx(result["jax_infer_ips"] / result["torch_infer_ips"])
   assert result["latency_ratio"] == pytest.approx(result["jax_latency_ms"] / result["torch_latency_ms"])
+  probes = result["memory_bandwidth_probes_gbs"]
+  assert len(probes) == 4 and result["memory_bandwidth_gbs"] == max(probes)
+  assert result["infer_bandwidth_bound_ms"] == pytest.approx(
+      1e3 * result["jax_infer_bytes_per_batch"] / (result["memory_bandwidth_gbs"] * 1e9))
   machine = result["machine"]
   assert machine["torch"].startswith("2.13.0") and machine["torch_threads"] == 2
   assert machine["jax_devices"] and machine["usable_cpus"] >= 1
