@@ -247,11 +247,14 @@ def run(batch_size: int, image_size: int, rounds: int, steps: int, torch_threads
   # The machine's bandwidth drifts by up to 2x over seconds to minutes: it is
   # probed (the median of _BANDWIDTH_PASSES passes) before, between and
   # after the timings, and the bound uses the highest probe, the fastest the
-  # memory was seen to run. A single probe could land in a slow phase while
-  # the timed steps did not, and put the measured time under the "bound".
+  # memory was seen to run: a single probe could land in a slow phase that
+  # the timed steps missed.
   probe_gbs = []
-  probe = lambda: probe_gbs.append(
-      info["bandwidth_bytes_per_pass"] / statistics.median(jax_side.time("bandwidth_pass", _BANDWIDTH_PASSES)) / 1e9)
+
+  def probe():
+    seconds = statistics.median(jax_side.time("bandwidth_pass", _BANDWIDTH_PASSES))
+    probe_gbs.append(info["bandwidth_bytes_per_pass"] / seconds / 1e9)
+
   try:
     probe()
     train_s = _alternating_medians(sides, "train", rounds, steps)
