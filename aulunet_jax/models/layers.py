@@ -82,7 +82,7 @@ class BatchNorm(nn.Module):
     # 2.87 -> 2.77 ms (same-process A/B). Not with fewer than
     # _MATERIALIZE_FROM_CHANNELS channels (AULUNet's full resolution): there
     # the skip gate's loop then compiled to slower code (1.3 -> 1.8 ms), and
-    # leaving them fused gained another 0.4-0.5 ms, 4 % at batch 1. Not in
+    # leaving them fused gained another 0.3-0.4 ms, 1-4 % at batch 1. Not in
     # training, whose backward pass reads x: the extra write cost the step
     # 118.5 -> 129.1 ms.
     if train or c < _MATERIALIZE_FROM_CHANNELS:
