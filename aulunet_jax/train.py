@@ -292,7 +292,11 @@ class _EpochProgress:
     if self.first_done is None:
       self.first_done = now  # the first step includes compilation; throughput counts from here
     self.bar.update(1)
-    self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self.images_per_second(now):.1f}", refresh=False)
+    postfix = {"loss": f"{loss:.4f}"}
+    images_per_second = self.images_per_second(now)
+    if math.isfinite(images_per_second):  # from the second step on
+      postfix["img_s"] = f"{images_per_second:.1f}"
+    self.bar.set_postfix(postfix, refresh=False)
 
   def images_per_second(self, now=None) -> float:
     steps = len(self.losses) - 1

@@ -13,6 +13,7 @@ split).
 """
 
 import json
+import math
 import os
 import time
 from typing import Any, Dict, Mapping
@@ -22,8 +23,15 @@ import numpy as np
 
 
 def _jsonable(value):
+  """Plain JSON: arrays as lists, and a number that could not be measured
+  (NaN, such as the images/s of a one-step epoch) as null, since NaN is not
+  JSON and strict readers reject the whole line."""
   if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "__array__"):
     value = np.asarray(value).tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, list):
+    return [_jsonable(v) for v in value]
   return value
 
 
@@ -41,7 +49,7 @@ class MetricWriter:
 
   def _append(self, record: Dict[str, Any]):
     with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
 
   def write(self, epoch: int, split: str, scalars: Mapping[str, Any]):
     if not self.enabled:

@@ -4,6 +4,8 @@ Run with ``python -m pytest datasets/isic/isic_dataset_builder_test.py``;
 tests/test_data_isic_builder.py runs them too.
 """
 
+import atexit
+import shutil
 import tempfile
 
 import tensorflow_datasets as tfds
@@ -12,6 +14,7 @@ from datasets.isic import dummy_data_generation
 from datasets.isic import isic_dataset_builder
 
 _DUMMY_DATA = tempfile.mkdtemp(prefix="isic_dummy_data_")
+atexit.register(shutil.rmtree, _DUMMY_DATA, ignore_errors=True)
 # 2017 as zips (with superpixel files and a metadata CSV), 2018 as extracted folders without its test pair.
 dummy_data_generation.write_fake_archives(
     _DUMMY_DATA, "2017", {"official_train": 16, "official_validation": 4, "official_test": 6}, "zip")
