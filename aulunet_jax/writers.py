@@ -1,7 +1,8 @@
 """Where a training run's numbers go: JSON lines and TensorBoard event files
 in the workdir (written by JAX process 0 only).
 
-  <workdir>/metrics.jsonl   one JSON object per line:
+  <workdir>/metrics.jsonl   one JSON object per line (strict JSON: a value
+                            that is not finite is null):
                             {"epoch": 3, "split": "validation", "loss": ..., ...}
   <workdir>/tensorboard/    the same scalars, tagged "<split>/<name>"
 
@@ -23,9 +24,9 @@ import numpy as np
 
 
 def _jsonable(value):
-  """Plain JSON: arrays as lists, and a number that could not be measured
-  (NaN, such as the images/s of a one-step epoch) as null, since NaN is not
-  JSON and strict readers reject the whole line."""
+  """Plain JSON: arrays as lists, and a number that is not finite (NaN, such
+  as the images/s of a one-step epoch, which is not measured) as null, since
+  NaN and Infinity are not JSON and strict readers reject the whole line."""
   if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "__array__"):
     value = np.asarray(value).tolist()
   if isinstance(value, float) and not math.isfinite(value):
